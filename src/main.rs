@@ -1,0 +1,72 @@
+//! `authgate`: parses the command line and dispatches; everything else is in
+//! the library.
+
+use authgate::cli::{self, Cli, Command};
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        None => serve(cli.config),
+        Some(Command::Run { config }) => serve(config),
+        Some(Command::Check { config }) => cli::check(&config),
+        Some(Command::Token {
+            key,
+            alg,
+            iss,
+            sub,
+            aud,
+            scopes,
+            ttl,
+            claims,
+            kid,
+        }) => cli::token(
+            &key,
+            alg.as_deref(),
+            &iss,
+            &sub,
+            &aud,
+            &scopes,
+            &ttl,
+            &claims,
+            kid.as_deref(),
+        ),
+        Some(Command::CustomerId {
+            config,
+            namespace,
+            subject,
+        }) => cli::customer_id(&config, namespace.as_deref(), &subject),
+        Some(Command::Demo { tls }) => with_runtime(authgate::demo::run(tls)),
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn serve(config: std::path::PathBuf) -> i32 {
+    with_runtime(authgate::server::run(config))
+}
+
+fn with_runtime(fut: impl std::future::Future<Output = Result<(), String>>) -> i32 {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("AUTHGATE_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => 0,
+        Err(message) => {
+            eprintln!("authgate: {message}");
+            1
+        }
+    }
+}

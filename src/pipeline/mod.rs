@@ -1,0 +1,698 @@
+//! The request path: route → extract → verify → authorize → inject → forward.
+//!
+//! [`handle`] is the whole life of one request. It loads one runtime
+//! snapshot, runs [`run`] — which reads like the algorithm — and turns any
+//! [`Rejection`] into the JSON error, then writes the access-log line and
+//! the metrics. Each stage is a plain function in its own module.
+
+pub mod clientip;
+pub mod extract;
+pub mod forward;
+pub mod inject;
+pub mod path;
+pub mod ratelimit;
+pub mod verify;
+mod websocket;
+
+use crate::admin::metrics::{Metrics, RequestLabels, RouteLabels, UpstreamLabels};
+use crate::config::{AuthMode, Locator};
+use crate::error::Rejection;
+use crate::identity::Identity;
+use crate::runtime::{RouteMatch, RouteRt, Runtime};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use forward::Body;
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::Value;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// State shared by every connection; survives reloads.
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub metrics: Metrics,
+    /// Set when shutdown begins: `/readyz` answers 503.
+    pub draining: AtomicBool,
+    ids: RequestIds,
+}
+
+impl Shared {
+    pub fn new(runtime: Runtime) -> Shared {
+        Shared {
+            runtime: ArcSwap::from_pointee(runtime),
+            metrics: Metrics::new(),
+            draining: AtomicBool::new(false),
+            ids: RequestIds::new(),
+        }
+    }
+}
+
+/// Per-connection facts.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub https: bool,
+}
+
+/// Unique request ids: a random per-process prefix and a counter.
+struct RequestIds {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> RequestIds {
+        RequestIds {
+            prefix: rand::random(),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}{:08x}", self.prefix, n & 0xffff_ffff)
+    }
+}
+
+/// Whether a client-supplied request id may be reused.
+pub fn valid_request_id(id: &[u8]) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"._~:-".contains(b))
+}
+
+/// What the access log and metrics need to know about a request.
+struct Outcome {
+    route: Option<Arc<str>>,
+    identity: Identity,
+    error: Option<&'static str>,
+    reason: Option<&'static str>,
+    token_presented: bool,
+    upstream_secs: Option<f64>,
+    pii_redacted: usize,
+    cors_origin: Option<HeaderValue>,
+}
+
+/// Serves one request. Never fails: every problem becomes a response.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let rt = shared.runtime.load_full();
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if valid_request_id(v.as_bytes()) => v.to_str().unwrap_or_default().to_owned(),
+        _ => shared.ids.next(),
+    };
+    let method = req.method().clone();
+    let mut out = Outcome {
+        route: None,
+        identity: Identity::Anonymous,
+        error: None,
+        reason: None,
+        token_presented: false,
+        upstream_secs: None,
+        pii_redacted: 0,
+        cors_origin: None,
+    };
+    let mut response = match run(&shared, &rt, conn, req, &request_id, &mut out).await {
+        Ok(r) => r,
+        Err(rejection) => {
+            out.error = Some(rejection.code());
+            rejection
+                .to_response(&request_id, out.token_presented)
+                .map(forward::full)
+        }
+    };
+    if let Ok(v) = HeaderValue::try_from(request_id.as_str()) {
+        response.headers_mut().insert(X_REQUEST_ID.clone(), v);
+    }
+    if let Some(origin) = out.cors_origin.take() {
+        cors_actual(&rt, &mut response, origin);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let route = out.route.clone().unwrap_or_else(|| Arc::from("(none)"));
+    let label = crate::admin::metrics::Name(route.clone());
+    shared
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route: label.clone(),
+            status: response.status().as_u16(),
+            auth: out.identity.label(),
+            error: out.error.unwrap_or(""),
+        })
+        .inc();
+    shared
+        .metrics
+        .duration
+        .get_or_create(&RouteLabels { route: label })
+        .observe(elapsed);
+    crate::telemetry::access_log(&crate::telemetry::AccessLine {
+        request_id: &request_id,
+        route: &route,
+        method: method.as_str(),
+        status: response.status().as_u16(),
+        auth: out.identity.label(),
+        error: out.error,
+        reason: out.reason,
+        customer_id: out.identity.customer_id(),
+        upstream_ms: out.upstream_secs.map(|s| s * 1000.0),
+        latency_ms: elapsed * 1000.0,
+        pii_redacted: out.pii_redacted,
+    });
+    Ok(response)
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Sum of the request head's bytes, as a client would have sent them.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    req.headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + line
+}
+
+fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.method() == Method::GET
+        && req
+            .headers()
+            .get(http::header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        && req
+            .headers()
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// The life of one request; reads like the algorithm.
+async fn run(
+    shared: &Shared,
+    rt: &Runtime,
+    conn: ConnInfo,
+    mut req: Request<Incoming>,
+    request_id: &str,
+    out: &mut Outcome,
+) -> Result<Response<Body>, Rejection> {
+    let limits = &rt.config.limits;
+    if head_size(&req) > limits.max_header_bytes {
+        return Err(Rejection::HeaderTooLarge);
+    }
+    // Header names/values that HTTP/1.1 could not carry never go upstream.
+    if req.headers().values().any(|v| {
+        v.as_bytes()
+            .iter()
+            .any(|&b| b == 0 || b == b'\r' || b == b'\n')
+    }) {
+        return Err(Rejection::BadRequest);
+    }
+    let path = path::normalize(req.uri().path())
+        .map_err(|_| Rejection::BadRequest)?
+        .into_owned();
+    // CORS: a genuine preflight from an allowed origin is answered here.
+    if let Some(origin) = cors_origin(rt, &req) {
+        if req.method() == Method::OPTIONS
+            && req
+                .headers()
+                .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+        {
+            return Ok(cors_preflight(rt, origin));
+        }
+        out.cors_origin = Some(origin);
+    }
+    // route
+    let route_idx = match rt.resolve(&path, req.method()) {
+        RouteMatch::Found(i) => i,
+        RouteMatch::NotFound => return Err(Rejection::NotFound),
+        RouteMatch::MethodNotAllowed(candidates) => {
+            return Err(Rejection::MethodNotAllowed {
+                allow: rt.allow_header(candidates),
+            })
+        }
+    };
+    let route = &rt.routes[route_idx];
+    out.route = Some(route.name.clone());
+    let upgrade = is_websocket_upgrade(&req);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+
+    // read the body only where a `body:` locator needs it
+    let (mut json, raw, streaming) = if route.reads_body {
+        let bytes = read_body(body, &parts, limits.max_body_bytes).await?;
+        (parse_body(&parts, &bytes)?, Some(bytes), None)
+    } else {
+        (None, None, Some(body))
+    };
+
+    // context object (validated before the token so a wrong-typed
+    // `Auth.Token` is reported as a context error naming the field)
+    let context = match (&route.context, &json) {
+        (Some(Locator::Body(ptr)), Some(doc)) => match crate::context::pointer(doc, ptr) {
+            None | Some(Value::Null) => None,
+            Some(ctx) => {
+                let c = crate::context::validate(ctx, rt.identity.pii)?;
+                out.pii_redacted = c.pii_redacted;
+                Some(c)
+            }
+        },
+        _ => None,
+    };
+
+    // extract
+    let credential = if route.auth == AuthMode::None {
+        None
+    } else {
+        extract::credential(&parts, &rt.locators, upgrade, json.as_ref())?
+    };
+    out.token_presented = credential.is_some();
+
+    // verify
+    let identity = match (&credential, route.auth) {
+        (_, AuthMode::None) | (None, AuthMode::Optional) => Identity::Anonymous,
+        (None, AuthMode::Required) => return Err(Rejection::MissingToken),
+        (Some(c), _) => {
+            let verified = verify_token(shared, rt, &c.token, out).await?;
+            if let Some(allowed) = &route.issuers {
+                if !allowed.contains(&verified.issuer) {
+                    out.reason = Some("issuer not allowed on route");
+                    return Err(Rejection::InvalidToken);
+                }
+            }
+            Identity::Authenticated(verified)
+        }
+    };
+    out.identity = identity.clone();
+
+    // authorize
+    let effective_scopes = authorize(route, &identity, context.as_ref())?;
+    match_claims(route, &identity, &parts, json.as_ref(), upgrade)?;
+    if let Some(limiter) = &route.rate_limit {
+        let ip = clientip::client_ip(
+            conn.peer.ip(),
+            parts
+                .headers
+                .get_all(&inject::X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+            &rt.trusted_proxies,
+        );
+        let verdict = match (limiter.per_customer, identity.customer_id()) {
+            (true, Some(cid)) => limiter.check(cid, Instant::now()),
+            _ => limiter.check(ip, Instant::now()),
+        };
+        if let Err(retry_after_secs) = verdict {
+            return Err(Rejection::RateLimited { retry_after_secs });
+        }
+    }
+
+    // inject: strip first, then set
+    let upgrade_value = parts.headers.get(http::header::UPGRADE).cloned();
+    let host = parts.headers.get(HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let mut query = parts.uri.query().map(str::to_owned);
+    inject::strip_hop_by_hop(&mut parts.headers);
+    inject::strip_prefixed(&mut parts.headers, &rt.identity.headers.prefix);
+    let mut body_changed = false;
+    if rt.config.credentials.strip {
+        if let Some(c) = &credential {
+            for &i in &c.sources {
+                match &rt.locators[i] {
+                    Locator::Header(name) => {
+                        parts.headers.remove(name.as_str());
+                    }
+                    Locator::Cookie(name) => strip_cookie(&mut parts.headers, name),
+                    Locator::Query(name) => {
+                        query = query
+                            .as_deref()
+                            .and_then(|q| extract::query_without(q, name));
+                    }
+                    Locator::Body(ptr) => {
+                        if let Some(doc) = json.as_mut() {
+                            body_changed |= crate::context::remove_pointer(doc, ptr);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let names = &rt.identity.headers;
+    let issuer_name = match &identity {
+        Identity::Authenticated(v) => Some(&rt.issuers[v.issuer].name_header),
+        Identity::Anonymous => None,
+    };
+    inject::identity_headers(
+        &mut parts.headers,
+        names,
+        &identity,
+        issuer_name,
+        effective_scopes,
+    );
+    if let Some(c) = context {
+        for (name, value) in [
+            (&names.customer_info, c.customer_info),
+            (&names.segments, c.segments),
+            (&names.subdivision, c.subdivision),
+            (&names.session_id, c.session_id),
+            (&names.session_type, c.session_type),
+        ] {
+            if let Some(v) = value {
+                parts.headers.insert(name.clone(), v);
+            }
+        }
+    }
+    inject::forwarded(&mut parts.headers, conn.peer.ip(), conn.https, host.clone());
+    if let Some(h) = host {
+        parts.headers.insert(HOST, h);
+    }
+    if let Ok(v) = HeaderValue::try_from(request_id) {
+        parts.headers.insert(X_REQUEST_ID.clone(), v);
+    }
+    if let (true, Some(u)) = (upgrade, upgrade_value) {
+        parts.headers.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
+        parts.headers.insert(http::header::UPGRADE, u);
+    }
+
+    // forward
+    let upstream = &rt.upstreams[route.upstream];
+    parts.uri = upstream.uri_for(&path, query.as_deref())?;
+    parts.version = Version::HTTP_11;
+    let body: Body = match (raw, body_changed, json) {
+        (Some(_), true, Some(doc)) => {
+            let bytes = serde_json::to_vec(&doc).map_err(|_| Rejection::BadRequest)?;
+            parts
+                .headers
+                .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            forward::full(bytes)
+        }
+        (Some(bytes), _, _) => forward::full(bytes),
+        (None, _, _) => streaming.map_or_else(|| forward::full(Bytes::new()), forward::boxed),
+    };
+    let sent = Instant::now();
+    let result = upstream
+        .send(Request::from_parts(parts, body), limits.request_timeout)
+        .await;
+    out.upstream_secs = Some(sent.elapsed().as_secs_f64());
+    let mut response = match result {
+        Ok(r) => r,
+        Err(e) => {
+            out.reason = Some(e.kind());
+            shared
+                .metrics
+                .upstream_errors
+                .get_or_create(&UpstreamLabels {
+                    upstream: upstream.name.clone(),
+                    kind: e.kind(),
+                })
+                .inc();
+            return Err(e.rejection());
+        }
+    };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let deadline = match (&identity, route.close_on_expiry) {
+                (Identity::Authenticated(v), true) => Some(v.exp),
+                _ => None,
+            };
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(websocket::tunnel(
+                client_upgrade,
+                upstream_upgrade,
+                deadline,
+            ));
+            let (parts, _) = response.into_parts();
+            return Ok(Response::from_parts(parts, forward::full(Bytes::new())));
+        }
+        // An upgrade nobody asked for is not passed on.
+        return Err(Rejection::UpstreamUnavailable);
+    }
+    inject::strip_hop_by_hop(response.headers_mut());
+    Ok(response.map(forward::boxed))
+}
+
+async fn verify_token(
+    shared: &Shared,
+    rt: &Runtime,
+    token: &str,
+    out: &mut Outcome,
+) -> Result<Arc<crate::identity::Verified>, Rejection> {
+    let now = now_unix();
+    let result = if verify::is_jwt_shaped(token) {
+        let (r, cache) = verify::jwt(rt, token, now);
+        match cache {
+            verify::CacheOutcome::Hit => shared.metrics.cache_hits.inc(),
+            verify::CacheOutcome::Miss => shared.metrics.cache_misses.inc(),
+        };
+        r
+    } else {
+        Err(verify::Denied {
+            rejection: Rejection::InvalidToken,
+            reason: "not a JWT and no introspection issuer",
+        })
+    };
+    result.map_err(|d| {
+        out.reason = Some(d.reason);
+        d.rejection
+    })
+}
+
+/// Scopes: requested (`Auth.Scopes`) must be granted; the route's must be in
+/// the effective set. Returns the header value when it differs from the token's.
+fn authorize(
+    route: &RouteRt,
+    identity: &Identity,
+    context: Option<&crate::context::Context>,
+) -> Result<Option<HeaderValue>, Rejection> {
+    let Identity::Authenticated(v) = identity else {
+        return Ok(None);
+    };
+    let requested = context.and_then(|c| c.requested_scopes.as_ref());
+    let mut effective_header = None;
+    let effective: Vec<&str> = match requested {
+        Some(req) => {
+            let missing: Vec<String> = req
+                .iter()
+                .filter(|s| v.scopes.binary_search(s).is_err())
+                .cloned()
+                .collect();
+            if !missing.is_empty() {
+                return Err(Rejection::InsufficientScope { required: missing });
+            }
+            let mut eff: Vec<&str> = req.iter().map(String::as_str).collect();
+            eff.sort_unstable();
+            eff.dedup();
+            effective_header =
+                Some(HeaderValue::try_from(eff.join(" ")).map_err(|_| Rejection::InvalidToken)?);
+            eff
+        }
+        None => v.scopes.iter().map(String::as_str).collect(),
+    };
+    if !route.scopes.iter().all(|s| effective.contains(&s.as_str())) {
+        return Err(Rejection::InsufficientScope {
+            required: route.scopes.clone(),
+        });
+    }
+    Ok(effective_header)
+}
+
+/// `match_claims`: a verified claim must equal what the request declares.
+fn match_claims(
+    route: &RouteRt,
+    identity: &Identity,
+    parts: &http::request::Parts,
+    json: Option<&Value>,
+    upgrade: bool,
+) -> Result<(), Rejection> {
+    let Identity::Authenticated(v) = identity else {
+        return Ok(());
+    };
+    for (claim, locator) in &route.match_claims {
+        let declared: Option<Value> = match locator {
+            Locator::Body(ptr) => json.and_then(|d| crate::context::pointer(d, ptr)).cloned(),
+            Locator::Header(name) => parts
+                .headers
+                .get(name.as_str())
+                .and_then(|h| h.to_str().ok())
+                .map(|s| Value::String(s.to_owned())),
+            Locator::Cookie(name) => extract::cookie_values(parts, name)
+                .next()
+                .map(|s| Value::String(s.to_owned())),
+            Locator::Query(name) if upgrade => parts
+                .uri
+                .query()
+                .and_then(|q| extract::query_values(q, name).next().flatten())
+                .map(Value::String),
+            Locator::Query(_) => None,
+        };
+        let actual = claim.get(&v.claims);
+        if let (Some(d), Some(a)) = (declared, actual) {
+            if d != Value::Null && d != *a {
+                return Err(Rejection::IdentityMismatch);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn strip_cookie(headers: &mut http::HeaderMap, name: &str) {
+    let kept: Vec<String> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| extract::cookie_without(v, name))
+        .collect();
+    headers.remove(http::header::COOKIE);
+    if !kept.is_empty() {
+        if let Ok(v) = HeaderValue::try_from(kept.join("; ")) {
+            headers.insert(http::header::COOKIE, v);
+        }
+    }
+}
+
+async fn read_body(
+    body: Incoming,
+    parts: &http::request::Parts,
+    limit: usize,
+) -> Result<Bytes, Rejection> {
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Rejection::PayloadTooLarge);
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Rejection::PayloadTooLarge),
+        Err(_) => Err(Rejection::BadRequest),
+    }
+}
+
+fn parse_body(parts: &http::request::Parts, bytes: &Bytes) -> Result<Option<Value>, Rejection> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let is_json = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_some_and(|m| {
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        });
+    if !is_json {
+        return Err(Rejection::BadRequest);
+    }
+    crate::context::parse_json_body(bytes)
+        .map(Some)
+        .map_err(|_| Rejection::BadRequest)
+}
+
+fn cors_origin<B>(rt: &Runtime, req: &Request<B>) -> Option<HeaderValue> {
+    let cors = rt.config.cors.as_ref()?;
+    let origin = req.headers().get(http::header::ORIGIN)?;
+    let o = origin.to_str().ok()?;
+    cors.allow_origins
+        .iter()
+        .any(|a| a == o || a == "*")
+        .then(|| origin.clone())
+}
+
+fn cors_preflight(rt: &Runtime, origin: HeaderValue) -> Response<Body> {
+    use http::header::*;
+    let mut r = Response::new(forward::full(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let Some(cors) = rt.config.cors.as_ref() else {
+        return r;
+    };
+    let h = r.headers_mut();
+    let methods = cors
+        .allow_methods
+        .as_ref()
+        .map(|m| m.join(", "))
+        .unwrap_or_else(|| "GET, HEAD, POST, PUT, PATCH, DELETE".into());
+    if let Ok(v) = HeaderValue::try_from(methods) {
+        h.insert(ACCESS_CONTROL_ALLOW_METHODS, v);
+    }
+    if !cors.allow_headers.is_empty() {
+        if let Ok(v) = HeaderValue::try_from(cors.allow_headers.join(", ")) {
+            h.insert(ACCESS_CONTROL_ALLOW_HEADERS, v);
+        }
+    }
+    if let Some(age) = cors.max_age {
+        h.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from(age.as_secs()));
+    }
+    cors_headers(cors, h, origin);
+    r
+}
+
+fn cors_actual(rt: &Runtime, response: &mut Response<Body>, origin: HeaderValue) {
+    if let Some(cors) = rt.config.cors.as_ref() {
+        cors_headers(cors, response.headers_mut(), origin);
+    }
+}
+
+fn cors_headers(cors: &crate::config::Cors, h: &mut http::HeaderMap, origin: HeaderValue) {
+    use http::header::*;
+    h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.append(VARY, HeaderValue::from_static("Origin"));
+    if cors.allow_credentials {
+        h.insert(
+            ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids() {
+        assert!(valid_request_id(b"abc-123_.~:X"));
+        assert!(!valid_request_id(b""));
+        assert!(!valid_request_id(b"a b"));
+        assert!(!valid_request_id(b"a\"b"));
+        assert!(!valid_request_id(&[b'a'; 129]));
+        assert!(valid_request_id(&[b'a'; 128]));
+        let ids = RequestIds::new();
+        assert_ne!(ids.next(), ids.next());
+        assert!(valid_request_id(ids.next().as_bytes()));
+    }
+}
