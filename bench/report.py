@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""Render the benchmark results (written by run.sh) as markdown.
+
+  report.py WORKDIR > latest.md
+
+WORKDIR holds:
+  cases.tsv   id  label  proxy                     (table order)
+  wrk.tsv     id  round  rps  p50_ms  p99_ms  cpu_us  requests  non2xx  sockerr  wrapped
+  p99.tsv     id  round  p50_ms  p99_ms  achieved_rps  non200
+  meta.json   run parameters, RSS figures, notes
+Medians are taken over rounds.
+"""
+import json
+import os
+import statistics
+import sys
+
+
+def read_tsv(path):
+    rows = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                line = line.rstrip("\n")
+                if line:
+                    rows.append(line.split("\t"))
+    return rows
+
+
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def num(s):
+    try:
+        return float(s)
+    except (TypeError, ValueError):
+        return None
+
+
+def fmt_ms(v):
+    if v is None:
+        return "—"
+    return f"{v:.2f} ms" if v < 10 else f"{v:.1f} ms"
+
+
+def fmt_int(v):
+    return "—" if v is None else f"{v:,.0f}"
+
+
+def fmt_cpu(v):
+    return "—" if v is None else f"{v:.1f}"
+
+
+def main():
+    work = sys.argv[1]
+    cases = read_tsv(os.path.join(work, "cases.tsv"))
+    wrk = read_tsv(os.path.join(work, "wrk.tsv"))
+    p99 = read_tsv(os.path.join(work, "p99.tsv"))
+    with open(os.path.join(work, "meta.json")) as f:
+        meta = json.load(f)
+
+    agg = {}
+    flags = {}
+    for cid, label, proxy in cases:
+        rows = [r for r in wrk if r[0] == cid]
+        if rows:
+            agg[cid] = {
+                "rps": med([num(r[2]) for r in rows]),
+                "p50": med([num(r[3]) for r in rows]),
+                "p99": med([num(r[4]) for r in rows]),
+                "cpu": med([num(r[5]) for r in rows]) if proxy != "none" else None,
+                "rounds": len(rows),
+            }
+            non2xx = sum(int(r[7]) for r in rows)
+            sockerr = sum(int(r[8]) for r in rows)
+            wrapped = sum(int(r[9]) for r in rows)
+            notes = []
+            if non2xx:
+                notes.append(f"{non2xx} non-2xx responses")
+            if sockerr:
+                notes.append(f"{sockerr} socket errors")
+            if wrapped:
+                notes.append(f"token pool wrapped in {wrapped} run(s): some tokens were reused")
+            if notes:
+                flags[cid] = notes
+        prow = [r for r in p99 if r[0] == cid]
+        if prow:
+            agg.setdefault(cid, {})
+            agg[cid]["p99_4k"] = med([num(r[3]) for r in prow])
+            agg[cid]["rate_4k"] = med([num(r[4]) for r in prow])
+            non200 = sum(int(r[5]) for r in prow)
+            if non200:
+                flags.setdefault(cid, []).append(f"{non200} non-200 responses at fixed rate")
+            rate = agg[cid]["rate_4k"]
+            if rate is not None and rate < 0.97 * meta["rate"]:
+                flags.setdefault(cid, []).append(
+                    f"fixed-rate run reached only {rate:,.0f} req/s of {meta['rate']:,}")
+
+    out = []
+    out.append(f"# authgate vs HAProxy {meta.get('haproxy_version', '')} — load benchmark\n")
+    out.append(
+        f"{meta['started']} · {meta['cpu_model']} · {meta['nproc']} cores · "
+        f"proxy under test on core {meta['proxy_cpu']}, wrk + nginx on core {meta['load_cpu']} · "
+        f"wrk -t1 -c{meta['conns']} -d{meta['duration']}s · {meta['rounds']} round(s), "
+        f"interleaved, median shown · p99@{meta['rate'] // 1000}k: h2load --h1 -c{meta['p99_conns']} "
+        f"--rps {meta['rate'] // meta['p99_conns']} (fixed {meta['rate']:,} req/s) for {meta['duration']}s\n")
+    rate_hdr = f"p99@{meta['rate'] // 1000}k"
+    out.append(f"| case | req/s | p50 | p99 | CPU µs/req | {rate_hdr} |")
+    out.append("|---|---:|---:|---:|---:|---:|")
+    for cid, label, proxy in cases:
+        a = agg.get(cid)
+        if not a:
+            continue
+        mark = " ⚠" if cid in flags else ""
+        out.append(
+            f"| {label}{mark} | {fmt_int(a.get('rps'))} | {fmt_ms(a.get('p50'))} | "
+            f"{fmt_ms(a.get('p99'))} | {fmt_cpu(a.get('cpu'))} | {fmt_ms(a.get('p99_4k'))} |")
+    out.append("")
+
+    def get(cid, key):
+        return agg.get(cid, {}).get(key)
+
+    def ratio_line(text, num_, den, target, higher_better=True, unit=""):
+        if num_ is None or den is None or den == 0:
+            out.append(f"- {text}: n/a")
+            return
+        r = num_ / den
+        if target is None:
+            ok = r <= 1.0 if not higher_better else r >= 1.0
+            tgt = "≤ 1.0" if not higher_better else "≥ 1.0"
+        else:
+            ok = r >= target if higher_better else r <= target
+            tgt = f"{'≥' if higher_better else '≤'} {target}"
+        out.append(
+            f"- {text}: {num_:,.1f}{unit} / {den:,.1f}{unit} = **{r:.2f}×** "
+            f"(target {tgt}) — {'PASS' if ok else 'FAIL'}")
+
+    out.append("Ratios (authgate / HAProxy):\n")
+    ratio_line("authgate RS256 repeated token / HAProxy RS256, req/s",
+               get("ag_rs", "rps"), get("hap_rs", "rps"), 2.5)
+    ratio_line("authgate ES256 fresh token / HAProxy ES256 fresh token, req/s",
+               get("ag_es_fresh", "rps"), get("hap_es_fresh", "rps"), 1.5)
+    ratio_line("authgate none / HAProxy plain, CPU µs per request",
+               get("ag_none", "cpu"), get("hap_plain", "cpu"), 1.0, higher_better=False, unit=" µs")
+    ratio_line(f"{rate_hdr}: authgate none / HAProxy plain",
+               get("ag_none", "p99_4k"), get("hap_plain", "p99_4k"), 1.0, higher_better=False,
+               unit=" ms")
+    ratio_line(f"{rate_hdr}: authgate RS256 / HAProxy RS256",
+               get("ag_rs", "p99_4k"), get("hap_rs", "p99_4k"), 1.0, higher_better=False,
+               unit=" ms")
+    out.append("")
+
+    rss = meta.get("rss", {})
+    if rss:
+        out.append("Memory (authgate, fresh process, VmRSS):\n")
+        idle = rss.get("idle_kib")
+        if idle is not None:
+            mib = idle / 1024
+            out.append(f"- idle RSS: **{mib:.1f} MiB** (target ≤ 20 MiB) — {'PASS' if mib <= 20 else 'FAIL'}")
+        k = rss.get("conns")
+        if k:
+            mib = k["rss_kib"] / 1024
+            ok = mib <= 150 and k.get("alive", 0) >= k.get("count", 0)
+            out.append(
+                f"- RSS with {k['count']:,} idle keep-alive connections (one request each, "
+                f"{k.get('ok', 0):,} × 200, {k.get('alive', 0):,} still open when measured): "
+                f"**{mib:.1f} MiB** (peak {k.get('hwm_kib', 0) / 1024:.1f} MiB; target ≤ 150 MiB) — "
+                f"{'PASS' if ok else 'FAIL'}")
+        if rss.get("after_bench_kib"):
+            out.append(f"- for reference, RSS of the benchmark instance after all load runs: "
+                       f"{rss['after_bench_kib'] / 1024:.1f} MiB")
+        h = rss.get("haproxy")
+        if h:
+            out.append(
+                f"- for reference, HAProxy: idle {h['rss_before_kib'] / 1024:.1f} MiB, "
+                f"{h['rss_kib'] / 1024:.1f} MiB with {h['count']:,} idle connections")
+        out.append("")
+
+    if flags:
+        out.append("⚠ flagged cases:\n")
+        labels = {c[0]: c[1] for c in cases}
+        for cid, notes in flags.items():
+            out.append(f"- {labels.get(cid, cid)}: {'; '.join(notes)}")
+        out.append("")
+
+    for note in meta.get("notes", []):
+        out.append(f"- {note}")
+    print("\n".join(out).rstrip() + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+//! One integration binary: a real gateway on 127.0.0.1:0, a recording
+//! upstream, and assertions on what the upstream received.
+
+mod core;
+mod support;
