@@ -682,7 +682,8 @@ impl Config {
             }
         }
         let mut route_names = HashSet::new();
-        let mut patterns: BTreeMap<&str, Vec<(usize, Option<&Vec<String>>)>> = BTreeMap::new();
+        type Entries<'a> = Vec<(usize, Option<&'a Vec<String>>)>;
+        let mut patterns: BTreeMap<&str, Entries<'_>> = BTreeMap::new();
         let mut router = matchit::Router::new();
         for (i, r) in routes.iter().enumerate() {
             let key = |k: &str| format!("routes[{i}].{k}");

@@ -107,10 +107,8 @@ pub fn parse_public_pem(pem: &[u8]) -> Result<VerifyKey, String> {
     if !text.contains("-----BEGIN ") {
         return Err("not a PEM public key, certificate, or JWK Set".into());
     }
-    let attempts: [(
-        AlgorithmFamily,
-        fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>,
-    ); 3] = [
+    type Parse = fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>;
+    let attempts: [(AlgorithmFamily, Parse); 3] = [
         (AlgorithmFamily::Rsa, DecodingKey::from_rsa_pem),
         (AlgorithmFamily::Ec, DecodingKey::from_ec_pem),
         (AlgorithmFamily::Ed, DecodingKey::from_ed_pem),

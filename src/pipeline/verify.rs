@@ -235,7 +235,7 @@ fn numeric(claims: &Map<String, Value>, name: &'static str) -> Result<Option<u64
                 Ok(Some(u))
             } else {
                 match n.as_f64() {
-                    Some(f) if f >= 0.0 && f < 1.0e15 => Ok(Some(f.floor() as u64)),
+                    Some(f) if (0.0..1.0e15).contains(&f) => Ok(Some(f.floor() as u64)),
                     _ => Err(invalid("time claim out of range")),
                 }
             }

@@ -7,11 +7,7 @@ use serde_json::json;
 
 async fn gw() -> (TestGateway, &'static Keys) {
     let keys = Keys::generate();
-    let gw = TestGateway::start(
-        &TestGateway::default_toml(&keys),
-        "request_timeout = \"1s\"",
-    )
-    .await;
+    let gw = TestGateway::start(&TestGateway::default_toml(keys), "request_timeout = \"1s\"").await;
     (gw, keys)
 }
 
@@ -23,7 +19,7 @@ fn bearer(t: &str) -> String {
 async fn valid_token_forwards_verified_identity_only() {
     let (gw, keys) = gw().await;
     let token = sign(
-        &keys,
+        keys,
         Algorithm::RS256,
         &claims(ISS_RSA, "alice", "chat extra"),
     );
@@ -70,9 +66,9 @@ async fn valid_token_forwards_verified_identity_only() {
 #[tokio::test]
 async fn same_subject_same_namespace_same_customer_id() {
     let (gw, keys) = gw().await;
-    let a = sign(&keys, Algorithm::RS256, &claims(ISS_RSA, "bob", "chat"));
-    let b = sign(&keys, Algorithm::ES256, &claims(ISS_EC, "bob", "chat"));
-    let c = sign(&keys, Algorithm::HS256, &claims(ISS_HS, "bob", "chat"));
+    let a = sign(keys, Algorithm::RS256, &claims(ISS_RSA, "bob", "chat"));
+    let b = sign(keys, Algorithm::ES256, &claims(ISS_EC, "bob", "chat"));
+    let c = sign(keys, Algorithm::HS256, &claims(ISS_HS, "bob", "chat"));
     for t in [&a, &b, &c] {
         assert_eq!(
             get(&gw.url("/api/chat/x"), &[("authorization", &bearer(t))])
@@ -138,7 +134,7 @@ async fn hs256_signed_with_the_rsa_public_key_is_refused() {
     let keys = Keys::generate();
     // An issuer that allows both is impossible (config rejects mixing), so
     // the attack targets the RSA issuer with alg HS256.
-    let gw = TestGateway::start(&TestGateway::default_toml(&keys), "").await;
+    let gw = TestGateway::start(&TestGateway::default_toml(keys), "").await;
     let pem = std::fs::read(&keys.rsa_public).expect("pem");
     let t = forge_hs256(
         &json!({"alg": "HS256", "typ": "JWT"}),
@@ -158,18 +154,18 @@ async fn hs256_signed_with_the_rsa_public_key_is_refused() {
 #[tokio::test]
 async fn wrong_signature_unknown_iss_wrong_aud_are_invalid() {
     let (gw, keys) = gw().await;
-    let good = sign(&keys, Algorithm::RS256, &claims(ISS_RSA, "a", "chat"));
+    let good = sign(keys, Algorithm::RS256, &claims(ISS_RSA, "a", "chat"));
     let mut bad_sig = good.clone();
     let last = bad_sig.pop().expect("char");
     bad_sig.push(if last == 'A' { 'B' } else { 'A' });
     let mut c = claims("https://evil.test", "a", "chat");
-    let unknown_iss = sign(&keys, Algorithm::RS256, &c);
+    let unknown_iss = sign(keys, Algorithm::RS256, &c);
     c = claims(ISS_RSA, "a", "chat");
     c.insert("aud".into(), json!("someone-else"));
-    let wrong_aud = sign(&keys, Algorithm::RS256, &c);
+    let wrong_aud = sign(keys, Algorithm::RS256, &c);
     c.remove("aud");
-    let no_aud = sign(&keys, Algorithm::RS256, &c);
-    let mut other_sig = good.rsplitn(2, '.').nth(1).expect("msg").to_owned();
+    let no_aud = sign(keys, Algorithm::RS256, &c);
+    let mut other_sig = good.rsplit_once('.').expect("msg").0.to_owned();
     other_sig.push_str(".AAAA");
     for t in [bad_sig, unknown_iss, wrong_aud, no_aud, other_sig] {
         refused(
@@ -186,7 +182,7 @@ async fn wrong_signature_unknown_iss_wrong_aud_are_invalid() {
 #[tokio::test]
 async fn issuer_not_allowed_on_route() {
     let (gw, keys) = gw().await;
-    let t = sign(&keys, Algorithm::ES256, &claims(ISS_EC, "a", "chat"));
+    let t = sign(keys, Algorithm::ES256, &claims(ISS_EC, "a", "chat"));
     refused(
         &gw,
         "/api/web-only/x",
@@ -195,7 +191,7 @@ async fn issuer_not_allowed_on_route() {
         "invalid_token",
     )
     .await;
-    let t = sign(&keys, Algorithm::RS256, &claims(ISS_RSA, "a", "chat"));
+    let t = sign(keys, Algorithm::RS256, &claims(ISS_RSA, "a", "chat"));
     assert_eq!(
         get(
             &gw.url("/api/web-only/x"),
@@ -212,7 +208,7 @@ async fn time_claims() {
     let (gw, keys) = gw().await;
     let mut c = claims(ISS_RSA, "a", "chat");
     c.insert("nbf".into(), json!(now() + 300));
-    let future = sign(&keys, Algorithm::RS256, &c);
+    let future = sign(keys, Algorithm::RS256, &c);
     refused(
         &gw,
         "/api/chat/x",
@@ -224,7 +220,7 @@ async fn time_claims() {
 
     let mut c = claims(ISS_RSA, "a", "chat");
     c.remove("exp");
-    let no_exp = sign(&keys, Algorithm::RS256, &c);
+    let no_exp = sign(keys, Algorithm::RS256, &c);
     refused(
         &gw,
         "/api/chat/x",
@@ -236,7 +232,7 @@ async fn time_claims() {
 
     let mut c = claims(ISS_RSA, "a", "chat");
     c.insert("exp".into(), json!(now() - 120));
-    let expired = sign(&keys, Algorithm::RS256, &c);
+    let expired = sign(keys, Algorithm::RS256, &c);
     let r = refused(
         &gw,
         "/api/chat/x",
@@ -255,7 +251,7 @@ async fn time_claims() {
     // Inside the 30 s leeway: accepted.
     let mut c = claims(ISS_RSA, "a", "chat");
     c.insert("exp".into(), json!(now() - 10));
-    let inside = sign(&keys, Algorithm::RS256, &c);
+    let inside = sign(keys, Algorithm::RS256, &c);
     assert_eq!(
         get(
             &gw.url("/api/chat/x"),
@@ -272,7 +268,7 @@ async fn malformed_and_crit_tokens() {
     let (gw, keys) = gw().await;
     let mut h = Header::new(Algorithm::RS256);
     h.crit = Some(vec!["exp".into()]);
-    let crit = sign_with_header(&keys, h, &claims(ISS_RSA, "a", "chat"));
+    let crit = sign_with_header(keys, h, &claims(ISS_RSA, "a", "chat"));
     for t in [
         "not!base64.@@@.###",
         "a.b.c",
@@ -305,7 +301,7 @@ async fn missing_token_and_scopes() {
         "missing_token",
     )
     .await;
-    let t = sign(&keys, Algorithm::RS256, &claims(ISS_RSA, "a", "chat"));
+    let t = sign(keys, Algorithm::RS256, &claims(ISS_RSA, "a", "chat"));
     let r = send(
         reqwest::Method::POST,
         &gw.url("/api/bill/pay"),
@@ -323,7 +319,7 @@ async fn missing_token_and_scopes() {
     let mut c = claims(ISS_RSA, "a", "");
     c.remove("scope");
     c.insert("scp".into(), json!(["paybill"]));
-    let t = sign(&keys, Algorithm::RS256, &c);
+    let t = sign(keys, Algorithm::RS256, &c);
     let r = send(
         reqwest::Method::POST,
         &gw.url("/api/bill/pay"),
@@ -341,8 +337,8 @@ async fn missing_token_and_scopes() {
 #[tokio::test]
 async fn conflicting_credentials() {
     let (gw, keys) = gw().await;
-    let t1 = sign(&keys, Algorithm::RS256, &claims(ISS_RSA, "a", "chat"));
-    let t2 = sign(&keys, Algorithm::RS256, &claims(ISS_RSA, "b", "chat"));
+    let t1 = sign(keys, Algorithm::RS256, &claims(ISS_RSA, "a", "chat"));
+    let t2 = sign(keys, Algorithm::RS256, &claims(ISS_RSA, "b", "chat"));
     refused(
         &gw,
         "/api/chat/x",
@@ -391,7 +387,7 @@ async fn conflicting_credentials() {
 #[tokio::test]
 async fn spoofed_identity_headers_never_reach_the_upstream() {
     let (gw, keys) = gw().await;
-    let t = sign(&keys, Algorithm::RS256, &claims(ISS_RSA, "a", "chat"));
+    let t = sign(keys, Algorithm::RS256, &claims(ISS_RSA, "a", "chat"));
     let spoof = [
         ("x-authgate-customer-id", "cid_spoofed"),
         ("x-authgate-auth", "authenticated"),
@@ -428,7 +424,7 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
 #[tokio::test]
 async fn connection_header_cannot_remove_injected_identity() {
     let (gw, keys) = gw().await;
-    let t = sign(&keys, Algorithm::RS256, &claims(ISS_RSA, "a", "chat"));
+    let t = sign(keys, Algorithm::RS256, &claims(ISS_RSA, "a", "chat"));
     let req = format!(
         "GET /api/chat/x HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {t}\r\nConnection: close, x-authgate-customer-id, x-hop\r\nx-hop: 1\r\nx-authgate-customer-id: cid_spoof\r\n\r\n"
     );
@@ -447,14 +443,14 @@ async fn connection_header_cannot_remove_injected_identity() {
 async fn raw_subject_with_crlf_is_refused_when_not_pseudonymized() {
     let keys = Keys::generate();
     let toml =
-        TestGateway::default_toml(&keys).replace("pseudonymize = true", "pseudonymize = false");
+        TestGateway::default_toml(keys).replace("pseudonymize = true", "pseudonymize = false");
     let gw = TestGateway::start(&toml, "").await;
     for sub in [
         "alice\r\nx-authgate-auth: authenticated",
         "bob\nevil",
         "nul\0byte",
     ] {
-        let t = sign(&keys, Algorithm::RS256, &claims(ISS_RSA, sub, "chat"));
+        let t = sign(keys, Algorithm::RS256, &claims(ISS_RSA, sub, "chat"));
         refused(
             &gw,
             "/api/chat/x",
@@ -465,7 +461,7 @@ async fn raw_subject_with_crlf_is_refused_when_not_pseudonymized() {
         .await;
     }
     let t = sign(
-        &keys,
+        keys,
         Algorithm::RS256,
         &claims(ISS_RSA, "plain-subject", "chat"),
     );
@@ -484,7 +480,7 @@ async fn raw_subject_with_crlf_is_refused_when_not_pseudonymized() {
 #[tokio::test]
 async fn ambiguous_paths_are_refused_and_normalized_paths_forwarded() {
     let (gw, keys) = gw().await;
-    let t = sign(&keys, Algorithm::RS256, &claims(ISS_RSA, "a", "chat"));
+    let t = sign(keys, Algorithm::RS256, &claims(ISS_RSA, "a", "chat"));
     for path in [
         "/api/chat/a%2Fb",
         "/api/chat/a%5Cb",
@@ -504,8 +500,8 @@ async fn ambiguous_paths_are_refused_and_normalized_paths_forwarded() {
         status, 404,
         "/api/public/../admin resolves to /admin: no route"
     );
-    let req =
-        format!("GET /api/public/%2e%2e/chat/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let req = "GET /api/public/%2e%2e/chat/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        .to_string();
     let (status, _) = raw(gw.addr, req.as_bytes()).await;
     assert_eq!(status, 401, "%2e%2e resolves into the protected route");
     assert_eq!(gw.upstream.count(), 0);
@@ -519,7 +515,7 @@ async fn ambiguous_paths_are_refused_and_normalized_paths_forwarded() {
 async fn not_found_and_method_not_allowed() {
     let (gw, keys) = gw().await;
     refused(&gw, "/nothing/here", &[], 404, "not_found").await;
-    let t = sign(&keys, Algorithm::RS256, &claims(ISS_RSA, "a", "paybill"));
+    let t = sign(keys, Algorithm::RS256, &claims(ISS_RSA, "a", "paybill"));
     let r = get(&gw.url("/api/bill/pay"), &[("authorization", &bearer(&t))]).await;
     assert_error(&r, 405, "method_not_allowed");
     assert_eq!(r.headers["allow"], "POST");
@@ -529,7 +525,7 @@ async fn not_found_and_method_not_allowed() {
 #[tokio::test]
 async fn query_tokens_only_on_websocket_upgrades() {
     let (gw, keys) = gw().await;
-    let t = sign(&keys, Algorithm::RS256, &claims(ISS_RSA, "a", "chat"));
+    let t = sign(keys, Algorithm::RS256, &claims(ISS_RSA, "a", "chat"));
     refused(
         &gw,
         &format!("/api/chat/x?access_token={t}"),
@@ -549,7 +545,7 @@ async fn upstream_down_and_slow() {
     drop(dead);
     let upstream = Upstream::start().await;
     let gw = TestGateway::start_with_upstream(
-        &TestGateway::default_toml(&keys),
+        &TestGateway::default_toml(keys),
         "",
         upstream,
         &format!("http://{dead_addr}"),
@@ -559,7 +555,7 @@ async fn upstream_down_and_slow() {
     assert_error(&r, 502, "upstream_unavailable");
 
     let gw = TestGateway::start(
-        &TestGateway::default_toml(&keys),
+        &TestGateway::default_toml(keys),
         "request_timeout = \"500ms\"",
     )
     .await;
@@ -583,7 +579,7 @@ async fn admin_health_and_readiness() {
 #[tokio::test]
 async fn oversized_head_is_431() {
     let keys = Keys::generate();
-    let gw = TestGateway::start(&TestGateway::default_toml(&keys), "max_header_bytes = 2048").await;
+    let gw = TestGateway::start(&TestGateway::default_toml(keys), "max_header_bytes = 2048").await;
     let big = "a".repeat(3000);
     let r = get(&gw.url("/api/public/x"), &[("x-big", &big)]).await;
     assert_error(&r, 431, "header_too_large");
