@@ -509,9 +509,10 @@ impl Config {
             .get("identity")
             .and_then(|v| cx.section("identity", v))
             .unwrap_or_default();
-        let issuers: Vec<Issuer> = cx.array("issuers", table.get("issuers"));
+        let issuer_slots: Vec<Option<Issuer>> = cx.array("issuers", table.get("issuers"));
         let cors: Option<Cors> = table.get("cors").and_then(|v| cx.section("cors", v));
-        let routes: Vec<Route> = cx.array("routes", table.get("routes"));
+        let route_slots: Vec<Option<Route>> = cx.array("routes", table.get("routes"));
+        let issuers: Vec<&Issuer> = issuer_slots.iter().flatten().collect();
 
         // ---- cross-checks
         if let Some(listen) = &listen {
@@ -614,7 +615,8 @@ impl Config {
         let mut issuer_names = HashSet::new();
         let mut iss_values = HashSet::new();
         let mut introspection_count = 0;
-        for (i, is) in issuers.iter().enumerate() {
+        for (i, is) in issuer_slots.iter().enumerate() {
+            let Some(is) = is else { continue };
             let key = |k: &str| format!("issuers[{i}].{k}");
             if !issuer_names.insert(is.name.as_str()) {
                 cx.error(
@@ -685,7 +687,8 @@ impl Config {
         type Entries<'a> = Vec<(usize, Option<&'a Vec<String>>)>;
         let mut patterns: BTreeMap<&str, Entries<'_>> = BTreeMap::new();
         let mut router = matchit::Router::new();
-        for (i, r) in routes.iter().enumerate() {
+        for (i, r) in route_slots.iter().enumerate() {
+            let Some(r) = r else { continue };
             let key = |k: &str| format!("routes[{i}].{k}");
             if !route_names.insert(r.name.as_str()) {
                 cx.error(
@@ -796,12 +799,14 @@ impl Config {
                 }
             }
         }
-        if routes.is_empty() {
+        if route_slots.is_empty() {
             cx.error(
                 "routes",
                 "no [[routes]]: the gateway would deny everything".into(),
             );
         }
+        let issuers: Vec<Issuer> = issuer_slots.into_iter().flatten().collect();
+        let routes: Vec<Route> = route_slots.into_iter().flatten().collect();
         let Some(listen) = listen else {
             return Err(errors);
         };
@@ -1024,6 +1029,8 @@ impl Cx<'_> {
             Ok(v) => Some(v),
             Err(e) => {
                 let inner = e.inner().to_string();
+                // The TOML deserializer appends "\nin `key`"; the key is ours.
+                let inner = inner.lines().next().unwrap_or("").trim().to_owned();
                 let mut path = e.path().to_string();
                 if path == "." {
                     path.clear();
@@ -1033,10 +1040,12 @@ impl Cx<'_> {
                     .strip_prefix("unknown field `")
                     .and_then(|r| r.split('`').next())
                 {
-                    if !path.is_empty() {
-                        path.push('.');
+                    if path.rsplit('.').next() != Some(field) {
+                        if !path.is_empty() {
+                            path.push('.');
+                        }
+                        path.push_str(field);
                     }
-                    path.push_str(field);
                 }
                 let full = if path.is_empty() {
                     key.to_owned()
@@ -1051,13 +1060,18 @@ impl Cx<'_> {
         }
     }
 
-    fn array<T: DeserializeOwned>(&mut self, key: &str, value: Option<&toml::Value>) -> Vec<T> {
+    /// Each element, or `None` where it failed (indexes stay those of the file).
+    fn array<T: DeserializeOwned>(
+        &mut self,
+        key: &str,
+        value: Option<&toml::Value>,
+    ) -> Vec<Option<T>> {
         match value {
             None => Vec::new(),
             Some(toml::Value::Array(items)) => items
                 .iter()
                 .enumerate()
-                .filter_map(|(i, v)| self.section(&format!("{key}[{i}]"), v))
+                .map(|(i, v)| self.section(&format!("{key}[{i}]"), v))
                 .collect(),
             Some(_) => {
                 self.error(key, format!("must be an array of tables: [[{key}]]"));
