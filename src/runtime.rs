@@ -186,6 +186,10 @@ pub struct Runtime {
     pub identity: IdentityRt,
     pub trusted_proxies: Vec<Cidr>,
     pub token_cache: quick_cache::sync::Cache<[u8; 32], Arc<Verified>>,
+    /// Opaque tokens introspection called inactive, until the Unix second given.
+    pub negative_cache: quick_cache::sync::Cache<[u8; 32], u64>,
+    /// Signs `x-authgate-assertion` when `[identity.assertion]` is set.
+    pub assertion: Option<crate::keys::assertion::AssertionSigner>,
     /// A client for JWKS and introspection (webpki roots).
     pub fetch_client: UpstreamClient,
 }
@@ -445,6 +449,20 @@ impl Runtime {
             .filter_map(|c| Cidr::parse(c))
             .collect();
         let claim = ClaimPath::parse(&config.identity.customer_id_claim);
+        let assertion = match &config.identity.assertion {
+            None => None,
+            Some(a) => match crate::keys::assertion::AssertionSigner::load(
+                &config.resolve(&a.key),
+                &a.alg,
+                a.ttl.unwrap_or(Duration::from_secs(60)).as_secs().max(1),
+            ) {
+                Ok(s) => Some(s),
+                Err(m) => {
+                    err("identity.assertion.key".into(), m);
+                    None
+                }
+            },
+        };
         let (Some(headers), true) = (headers, errors.is_empty()) else {
             return Err(errors);
         };
@@ -472,6 +490,8 @@ impl Runtime {
             },
             trusted_proxies,
             token_cache: quick_cache::sync::Cache::new(TOKEN_CACHE_CAPACITY),
+            negative_cache: quick_cache::sync::Cache::new(10_000),
+            assertion,
             fetch_client,
             config,
         })
@@ -522,7 +542,24 @@ impl Runtime {
 
     /// The JWK Set of the identity assertion key (empty without one).
     pub fn assertion_jwks(&self) -> String {
-        "{\"keys\":[]}".to_owned()
+        self.assertion
+            .as_ref()
+            .map_or_else(|| "{\"keys\":[]}".to_owned(), |a| a.jwks.clone())
+    }
+
+    /// Carries the keys of JWKS issuers over from the previous runtime (same
+    /// issuer name and URL), so a reload never makes an issuer unavailable.
+    pub fn inherit_keys(&self, old: &Runtime) {
+        for new in self.jwks_stores() {
+            if let Some(prev) = old
+                .jwks_stores()
+                .find(|o| o.issuer == new.issuer && o.url == new.url)
+            {
+                if let (None, Some(keys)) = (new.current(), prev.current()) {
+                    new.store(keys);
+                }
+            }
+        }
     }
 
     /// The pseudonymized (or raw) customer id the gateway forwards for

@@ -1,9 +1,25 @@
-//! The JWKS store of one issuer: the last good key set, replaced whole.
+//! The JWKS store of one issuer: the last good key set, replaced whole, and
+//! the fetch that fills it.
+//!
+//! - A background task refreshes every `jwks_refresh` (and retries quickly
+//!   until the first success).
+//! - A token with an unknown `kid` triggers one refetch at most every 30 s,
+//!   single-flight: a flood of random `kid`s causes one fetch, not thousands.
+//! - A failed fetch, or one returning garbage, keeps the last good keys.
+//! - Keys carry their own `alg` (JWK `alg`) or family; never the token's.
 
 use super::KeySet;
+use crate::admin::metrics::{JwksLabels, Metrics};
+use crate::pipeline::forward::{full, UpstreamClient};
 use arc_swap::ArcSwapOption;
-use std::sync::Arc;
-use std::time::Duration;
+use http_body_util::BodyExt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Minimum time between two unknown-`kid` refetches.
+pub const REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+/// Largest JWKS document accepted.
+pub const MAX_JWKS_BYTES: usize = 1 << 20;
 
 /// Keys fetched from `jwks_url`. `current()` is lock-free on the hot path.
 pub struct JwksStore {
@@ -11,6 +27,8 @@ pub struct JwksStore {
     pub url: http::Uri,
     pub refresh: Duration,
     keys: ArcSwapOption<KeySet>,
+    last_refetch: Mutex<Option<Instant>>,
+    in_flight: tokio::sync::Mutex<()>,
 }
 
 impl JwksStore {
@@ -20,6 +38,8 @@ impl JwksStore {
             url,
             refresh,
             keys: ArcSwapOption::empty(),
+            last_refetch: Mutex::new(None),
+            in_flight: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -28,8 +48,78 @@ impl JwksStore {
         self.keys.load_full()
     }
 
-    /// Replaces the keys after a successful fetch.
-    pub fn store(&self, keys: KeySet) {
-        self.keys.store(Some(Arc::new(keys)));
+    /// Replaces the keys after a successful fetch (or a reload carry-over).
+    pub fn store(&self, keys: Arc<KeySet>) {
+        self.keys.store(Some(keys));
     }
+
+    /// Fetches and, if the document is a usable JWK Set, stores it.
+    pub async fn fetch(&self, client: &UpstreamClient, metrics: &Metrics) -> bool {
+        let _one = self.in_flight.lock().await;
+        self.fetch_locked(client, metrics).await
+    }
+
+    async fn fetch_locked(&self, client: &UpstreamClient, metrics: &Metrics) -> bool {
+        let result = fetch_keys(&self.url, client).await;
+        let ok = match result {
+            Ok(set) => {
+                self.store(Arc::new(set));
+                true
+            }
+            Err(reason) => {
+                tracing::warn!(issuer = %self.issuer, reason, "JWKS fetch failed; keeping the last good keys");
+                false
+            }
+        };
+        metrics
+            .jwks_refresh
+            .get_or_create(&JwksLabels {
+                issuer: self.issuer.clone(),
+                result: if ok { "success" } else { "failure" },
+            })
+            .inc();
+        ok
+    }
+
+    /// On an unknown `kid`: refetch unless one happened in the last 30 s.
+    /// Concurrent callers wait for the one fetch in flight.
+    pub async fn refetch_for_unknown_kid(
+        &self,
+        client: &UpstreamClient,
+        metrics: &Metrics,
+    ) -> bool {
+        let _one = self.in_flight.lock().await;
+        {
+            let mut last = match self.last_refetch.lock() {
+                Ok(l) => l,
+                Err(p) => p.into_inner(),
+            };
+            if last.is_some_and(|t| t.elapsed() < REFETCH_INTERVAL) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        self.fetch_locked(client, metrics).await
+    }
+}
+
+async fn fetch_keys(url: &http::Uri, client: &UpstreamClient) -> Result<KeySet, &'static str> {
+    let request = http::Request::get(url.clone())
+        .header(http::header::ACCEPT, "application/json")
+        .body(full(bytes::Bytes::new()))
+        .map_err(|_| "bad request")?;
+    let response = client
+        .send(request, Duration::from_secs(5))
+        .await
+        .map_err(|e| e.kind())?;
+    if !response.status().is_success() {
+        return Err("non-2xx status");
+    }
+    let body = http_body_util::Limited::new(response.into_body(), MAX_JWKS_BYTES)
+        .collect()
+        .await
+        .map_err(|_| "body unreadable or too large")?
+        .to_bytes();
+    let keys = super::parse_jwks(&body).map_err(|_| "not a usable JWK Set")?;
+    Ok(KeySet { keys })
 }

@@ -7,6 +7,8 @@
 //! public-key algorithm and a public key never for an HMAC one, so the
 //! classic "HS256 signed with the RSA public key" confusion cannot happen.
 
+pub mod assertion;
+pub mod introspect;
 pub mod jwks;
 pub mod refresh;
 

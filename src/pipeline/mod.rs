@@ -386,6 +386,24 @@ async fn run(
             }
         }
     }
+    if let (Some(signer), Identity::Authenticated(v)) = (&rt.assertion, &identity) {
+        let scopes = parts
+            .headers
+            .get(&names.scopes)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let ctx = v
+            .context
+            .as_ref()
+            .and_then(|c| serde_json::from_slice::<Value>(c.as_bytes()).ok());
+        let cid = v.customer_id.to_str().unwrap_or("");
+        if let Some(jwt) = signer.sign(cid, &scopes, ctx, request_id, now_unix()) {
+            if let Ok(h) = HeaderValue::try_from(jwt) {
+                parts.headers.insert(names.assertion.clone(), h);
+            }
+        }
+    }
     inject::forwarded(&mut parts.headers, conn.peer.ip(), conn.https, host.clone());
     if let Some(h) = host {
         parts.headers.insert(HOST, h);
@@ -465,18 +483,27 @@ async fn verify_token(
     out: &mut Outcome,
 ) -> Result<Arc<crate::identity::Verified>, Rejection> {
     let now = now_unix();
-    let result = if verify::is_jwt_shaped(token) {
-        let (r, cache) = verify::jwt(rt, token, now);
-        match cache {
-            verify::CacheOutcome::Hit => shared.metrics.cache_hits.inc(),
-            verify::CacheOutcome::Miss => shared.metrics.cache_misses.inc(),
-        };
-        r
+    let (mut result, mut cache) = if verify::is_jwt_shaped(token) {
+        verify::jwt(rt, token, now)
     } else {
-        Err(verify::Denied {
-            rejection: Rejection::InvalidToken,
-            reason: "not a JWT and no introspection issuer",
-        })
+        crate::keys::introspect::verify(rt, token, now).await
+    };
+    // An unknown `kid` at a JWKS issuer: one single-flight refetch, then retry.
+    if let Err(d) = &result {
+        if d.reason == verify::NO_KEY {
+            if let Some(store) = verify::jwks_store_for(rt, token) {
+                if store
+                    .refetch_for_unknown_kid(&rt.fetch_client, &shared.metrics)
+                    .await
+                {
+                    (result, cache) = verify::jwt(rt, token, now);
+                }
+            }
+        }
+    }
+    match cache {
+        verify::CacheOutcome::Hit => shared.metrics.cache_hits.inc(),
+        verify::CacheOutcome::Miss => shared.metrics.cache_misses.inc(),
     };
     result.map_err(|d| {
         out.reason = Some(d.reason);

@@ -24,6 +24,21 @@ pub struct Denied {
     pub reason: &'static str,
 }
 
+/// The reason given when no key matches the token's `kid`/`alg`; for a JWKS
+/// issuer it triggers a refetch.
+pub const NO_KEY: &str = "no key for kid/alg";
+
+/// The JWKS store of the issuer a JWT names, if it has one.
+pub fn jwks_store_for(rt: &Runtime, token: &str) -> Option<Arc<crate::keys::jwks::JwksStore>> {
+    let payload = token.split('.').nth(1)?;
+    let claims: Map<String, Value> = serde_json::from_slice(&b64(payload).ok()?).ok()?;
+    let idx = rt.issuer_by_iss(claims.get("iss")?.as_str()?)?;
+    match &rt.issuers[idx].keys {
+        crate::keys::KeySource::Jwks(s) => Some(s.clone()),
+        crate::keys::KeySource::Static(_) => None,
+    }
+}
+
 fn invalid(reason: &'static str) -> Denied {
     Denied {
         rejection: Rejection::InvalidToken,
@@ -118,7 +133,7 @@ fn verify_uncached(rt: &Runtime, token: &str, now: u64) -> Result<Verified, Deni
         .any(|k| k.verify(alg, message, sig));
     if !verified {
         return Err(invalid(if keys.candidates(kid, alg).next().is_none() {
-            "no key for kid/alg"
+            NO_KEY
         } else {
             "bad signature"
         }));

@@ -242,6 +242,7 @@ pub fn reload(shared: &Arc<Shared>, path: &Path) -> Result<(), String> {
     });
     match result {
         Ok(rt) => {
+            rt.inherit_keys(&shared.runtime.load());
             shared.runtime.store(Arc::new(rt));
             crate::keys::refresh::start(shared);
             shared

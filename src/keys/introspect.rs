@@ -1,0 +1,153 @@
+//! RFC 7662 token introspection for tokens that are not JWTs.
+//!
+//! `POST token=…` with HTTP Basic client credentials. `active: false` is
+//! `invalid_token`; an unreachable, slow or failing endpoint is
+//! `keys_unavailable` (503) — never a pass. Active results are cached for
+//! `min(cache_ttl, exp)`; inactive ones for a few seconds.
+
+use crate::error::Rejection;
+use crate::identity::Verified;
+use crate::pipeline::forward::full;
+use crate::pipeline::verify::{self, Denied};
+use crate::runtime::Runtime;
+use base64::Engine;
+use http_body_util::BodyExt;
+use secrecy::ExposeSecret;
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long an inactive answer is remembered.
+pub const NEGATIVE_TTL_SECS: u64 = 5;
+const TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+fn unavailable(reason: &'static str) -> Denied {
+    Denied {
+        rejection: Rejection::KeysUnavailable,
+        reason,
+    }
+}
+
+fn invalid(reason: &'static str) -> Denied {
+    Denied {
+        rejection: Rejection::InvalidToken,
+        reason,
+    }
+}
+
+fn form_encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// Verifies an opaque token with the introspection issuer, using the cache.
+pub async fn verify(
+    rt: &Runtime,
+    token: &str,
+    now: u64,
+) -> (Result<Arc<Verified>, Denied>, verify::CacheOutcome) {
+    let key = verify::cache_key(token);
+    if let Some(v) = rt.token_cache.get(&key) {
+        if now <= v.valid_until {
+            return (Ok(v), verify::CacheOutcome::Hit);
+        }
+        rt.token_cache.remove(&key);
+    }
+    if rt
+        .negative_cache
+        .get(&key)
+        .is_some_and(|until| now <= until)
+    {
+        return (Err(invalid("inactive (cached)")), verify::CacheOutcome::Hit);
+    }
+    let result = introspect(rt, token, now).await;
+    match &result {
+        Ok(v) => rt.token_cache.insert(key, v.clone()),
+        Err(d) if d.rejection == Rejection::InvalidToken => {
+            rt.negative_cache.insert(key, now + NEGATIVE_TTL_SECS)
+        }
+        Err(_) => {}
+    }
+    (result, verify::CacheOutcome::Miss)
+}
+
+async fn introspect(rt: &Runtime, token: &str, now: u64) -> Result<Arc<Verified>, Denied> {
+    let Some(idx) = rt.introspection_issuer else {
+        return Err(invalid("not a JWT and no introspection issuer"));
+    };
+    let issuer = &rt.issuers[idx];
+    let Some(cfg) = &issuer.introspection else {
+        return Err(unavailable("introspection not configured"));
+    };
+    let secret = String::from_utf8_lossy(cfg.client_secret.expose_secret()).into_owned();
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        form_encode(&cfg.client_id),
+        form_encode(&secret)
+    ));
+    let body = format!("token={}&token_type_hint=access_token", form_encode(token));
+    let request = http::Request::post(cfg.url.clone())
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .header(http::header::ACCEPT, "application/json")
+        .header(http::header::AUTHORIZATION, format!("Basic {basic}"))
+        .body(full(body))
+        .map_err(|_| unavailable("cannot build request"))?;
+    let response = rt
+        .fetch_client
+        .send(request, TIMEOUT)
+        .await
+        .map_err(|_| unavailable("introspection endpoint unreachable"))?;
+    if !response.status().is_success() {
+        return Err(unavailable("introspection endpoint failed"));
+    }
+    let bytes = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+        .collect()
+        .await
+        .map_err(|_| unavailable("introspection response unreadable"))?
+        .to_bytes();
+    let claims: Map<String, Value> = serde_json::from_slice(&bytes)
+        .map_err(|_| unavailable("introspection response is not JSON"))?;
+    if claims.get("active") != Some(&Value::Bool(true)) {
+        return Err(invalid("inactive token"));
+    }
+    let ttl = cfg.cache_ttl.as_secs().max(1);
+    let exp = match claims.get("exp") {
+        None => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| invalid("exp is not a number"))?),
+    };
+    if let Some(exp) = exp {
+        if now > exp.saturating_add(issuer.leeway) {
+            return Err(Denied {
+                rejection: Rejection::TokenExpired,
+                reason: "expired",
+            });
+        }
+    }
+    if let Some(nbf) = claims.get("nbf").and_then(Value::as_u64) {
+        if now.saturating_add(issuer.leeway) < nbf {
+            return Err(invalid("not yet valid (nbf)"));
+        }
+    }
+    if let Some(audiences) = &issuer.audiences {
+        let ok = match claims.get("aud") {
+            Some(Value::String(a)) => audiences.contains(a),
+            Some(Value::Array(l)) => l
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|a| audiences.iter().any(|w| w == a)),
+            _ => false,
+        };
+        if !ok {
+            return Err(invalid("audience mismatch"));
+        }
+    }
+    let cache_until = now.saturating_add(ttl);
+    let (exp, valid_until) = match exp {
+        Some(exp) => (exp, cache_until.min(exp.saturating_add(issuer.leeway))),
+        None => (cache_until, cache_until),
+    };
+    verify::finish(rt, idx, &claims, exp, valid_until).map(Arc::new)
+}
