@@ -182,7 +182,11 @@ fn now_unix() -> u64 {
 
 /// Sum of the request head's bytes, as a client would have sent them.
 fn head_size<B>(req: &Request<B>) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    let uri = req.uri();
+    let line = req.method().as_str().len()
+        + uri.path_and_query().map_or(1, |pq| pq.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len() + 8)
+        + 12;
     req.headers()
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
