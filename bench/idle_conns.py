@@ -33,6 +33,8 @@ async def one(host, port, request, conns, stats, sem):
             return
         stats["opened"] += 1
         conns.append((reader, writer))
+        if request is None:
+            return
         try:
             writer.write(request)
             await writer.drain()
@@ -74,6 +76,8 @@ async def main():
     p.add_argument("--count", type=int, default=10000)
     p.add_argument("--concurrency", type=int, default=200)
     p.add_argument("--settle", type=float, default=2.0)
+    p.add_argument("--no-request", action="store_true",
+                   help="only connect (diagnostics: memory per bare connection)")
     a = p.parse_args()
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -95,6 +99,8 @@ async def main():
         "User-Agent: authgate-bench-idle\r\nAccept: */*\r\n\r\n"
     ).encode()
 
+    if a.no_request:
+        request = None
     rss_before = status_kib(a.pid, "VmRSS")
     stats = {"opened": 0, "ok": 0, "errors": 0}
     conns = []

@@ -21,7 +21,7 @@ CONNS=${CONNS:-50}                 # wrk connections
 RATE=${RATE:-4000}                 # fixed request rate for the p99@rate runs
 P99_CONNS=${P99_CONNS:-10}         # h2load connections for the fixed-rate runs
 IDLE_CONNS=${IDLE_CONNS:-10000}    # idle keep-alive connections for the RSS test
-FRESH_TOKENS=${FRESH_TOKENS:-$((20000 * DURATION))}   # distinct tokens per alg
+FRESH_TOKENS=${FRESH_TOKENS:-$((30000 * DURATION))}   # distinct tokens per alg
 PROXY_CPU=${PROXY_CPU:-0}          # core for the proxy under test
 LOAD_CPU=${LOAD_CPU:-1}            # core for wrk/h2load and nginx
 KEEP_WORK=${KEEP_WORK:-0}
@@ -111,7 +111,7 @@ if ((IDLE_CONNS + 500 > NOFILE)); then
 fi
 
 [[ -x "$AUTHGATE" ]] || die "authgate binary not found at $AUTHGATE" "build it (cargo build --release) or set AUTHGATE=/path/to/authgate"
-"$AUTHGATE" token --help >/dev/null 2>&1 || die "'$AUTHGATE token --help' fails" "the binary does not implement the token command yet"
+"$AUTHGATE" token --help 2>&1 | grep -- --key >/dev/null || die "'$AUTHGATE token --help' does not document --key" "the binary does not implement the token command yet"
 
 CLK_TCK=$(getconf CLK_TCK)
 WORK=$(mktemp -d /tmp/authgate-bench.XXXXXX)
@@ -378,6 +378,9 @@ issuers = ["bench-es"]
 scopes = ["chat"]
 EOF
 
+"$AUTHGATE" check --config "$WORK/gateway.toml" > "$WORK/check.out" 2>&1 \
+    || die "authgate check rejects the generated gateway.toml" "$(cat "$WORK/check.out")" "config: $WORK/gateway.toml"
+
 # ---------------------------------------------------------------- processes
 wait_ready() { # name pid url
     local name=$1 pid=$2 url=$3 code
@@ -484,6 +487,8 @@ for k in es rs; do
     check "haproxy ${ALG[$k]} pool token (mint.py)" 200 "$NGINX_BODY" -H "Authorization: Bearer $first" "http://127.0.0.1:${HAP_PORT[$k]}/$k/x"
     check "authgate ${ALG[$k]} pool token (mint.py)" 200 "$NGINX_BODY" -H "Authorization: Bearer $first" "http://127.0.0.1:$P_AG/$k/x"
 done
+got=$(curl -s --max-time 5 "http://127.0.0.1:$P_AG/none/sanity" || true)
+[[ "$got" == *"auth=[anonymous]"* ]] || AG_WARN+=("authgate auth=none route: upstream did not get x-authgate-auth: anonymous; saw: $got")
 if ((${#FAILS[@]})); then
     die "sanity checks failed (${#FAILS[@]}) — refusing to benchmark error pages" "${FAILS[@]}" \
         "configs and logs: $WORK (gateway.toml, haproxy.cfg, authgate.log)"

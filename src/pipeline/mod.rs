@@ -343,6 +343,14 @@ async fn run(
     inject::strip_hop_by_hop(&mut parts.headers);
     inject::strip_prefixed(&mut parts.headers, &rt.identity.headers.prefix);
     let mut body_changed = false;
+    // Redacted PII must not reach the upstream in the body either.
+    if let (Some(c), Some(Locator::Body(ptr)), Some(doc)) =
+        (&context, &route.context, json.as_mut())
+    {
+        if c.pii_redacted > 0 {
+            body_changed |= redact_body(doc, ptr);
+        }
+    }
     if rt.config.credentials.strip {
         if let Some(c) = &credential {
             for &i in &c.sources {
@@ -591,6 +599,24 @@ fn match_claims(
         }
     }
     Ok(())
+}
+
+/// Replaces PII-looking `CustomerInfo` values in the context object at `ptr`.
+fn redact_body(doc: &mut Value, ptr: &str) -> bool {
+    let Some(Value::Object(info)) = doc
+        .pointer_mut(ptr)
+        .and_then(|ctx| ctx.get_mut("CustomerInfo"))
+    else {
+        return false;
+    };
+    let mut changed = false;
+    for value in info.values_mut() {
+        if value.as_str().is_some_and(crate::context::looks_like_pii) {
+            *value = Value::from(crate::context::REDACTED);
+            changed = true;
+        }
+    }
+    changed
 }
 
 fn strip_cookie(headers: &mut http::HeaderMap, name: &str) {
