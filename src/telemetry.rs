@@ -41,8 +41,25 @@ pub struct AccessLine<'a> {
     pub pii_redacted: usize,
 }
 
+/// The customer id as it may be logged: only the opaque pseudonym form
+/// (`cid_` + 43 base64url characters). With `pseudonymize = false` the
+/// forwarded id *is* the raw subject, which must never reach a log line, so
+/// it is left out (`customer_id_withheld = true` says so). A raw subject
+/// that happens to have exactly the pseudonym's shape is indistinguishable
+/// here; it is opaque-looking by construction.
+pub fn loggable_customer_id(id: &str) -> Option<&str> {
+    let tail = id.strip_prefix("cid_")?;
+    (tail.len() == 43
+        && tail
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    .then_some(id)
+}
+
 /// Writes the access-log line (target `authgate::access`, level INFO).
 pub fn access_log(l: &AccessLine<'_>) {
+    let customer_id = l.customer_id.and_then(loggable_customer_id);
+    let withheld = l.customer_id.is_some() && customer_id.is_none();
     tracing::info!(
         target: "authgate::access",
         request_id = l.request_id,
@@ -52,10 +69,30 @@ pub fn access_log(l: &AccessLine<'_>) {
         auth = l.auth,
         error = l.error,
         reason = l.reason,
-        customer_id = l.customer_id,
+        customer_id = customer_id,
+        customer_id_withheld = withheld.then_some(true),
         upstream_ms = l.upstream_ms,
         latency_ms = l.latency_ms,
         pii_redacted = l.pii_redacted,
         "request"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_pseudonyms_are_logged() {
+        let cid = "cid_oMlxuXNY2RfciWv-Um_7Tis7ljD94R_HDM4aGK4jlCY";
+        assert_eq!(loggable_customer_id(cid), Some(cid));
+        for raw in [
+            "alice@example.com",
+            "cid_short",
+            "cid_oMlxuXNY2RfciWv-Um_7Tis7ljD94R_HDM4aGK4jlC@",
+            "",
+        ] {
+            assert_eq!(loggable_customer_id(raw), None, "{raw}");
+        }
+    }
 }

@@ -166,6 +166,7 @@ pub async fn handle(
         auth: out.identity.label(),
         error: out.error,
         reason: out.reason,
+        // telemetry logs it only when it is an opaque `cid_…` pseudonym.
         customer_id: out.identity.customer_id(),
         upstream_ms: out.upstream_secs.map(|s| s * 1000.0),
         latency_ms: elapsed * 1000.0,
@@ -284,6 +285,25 @@ async fn run(
         _ => None,
     };
 
+    // Per-IP limits run before verification, so floods of bad tokens are
+    // limited too; per-customer limits need the identity and run after.
+    let client_ip = || {
+        clientip::client_ip(
+            conn.peer.ip(),
+            parts
+                .headers
+                .get_all(&inject::X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+            &rt.trusted_proxies,
+        )
+    };
+    if let Some(limiter) = route.rate_limit.as_ref().filter(|l| !l.per_customer) {
+        if let Err(retry_after_secs) = limiter.check(client_ip(), Instant::now()) {
+            return Err(Rejection::RateLimited { retry_after_secs });
+        }
+    }
+
     // extract
     let credential = if route.auth == AuthMode::None {
         None
@@ -312,19 +332,10 @@ async fn run(
     // authorize
     let effective_scopes = authorize(route, &identity, context.as_ref())?;
     match_claims(route, &identity, &parts, json.as_ref(), upgrade)?;
-    if let Some(limiter) = &route.rate_limit {
-        let ip = clientip::client_ip(
-            conn.peer.ip(),
-            parts
-                .headers
-                .get_all(&inject::X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok()),
-            &rt.trusted_proxies,
-        );
-        let verdict = match (limiter.per_customer, identity.customer_id()) {
-            (true, Some(cid)) => limiter.check(cid, Instant::now()),
-            _ => limiter.check(ip, Instant::now()),
+    if let Some(limiter) = route.rate_limit.as_ref().filter(|l| l.per_customer) {
+        let verdict = match identity.customer_id() {
+            Some(cid) => limiter.check(cid, Instant::now()),
+            None => limiter.check(client_ip(), Instant::now()),
         };
         if let Err(retry_after_secs) = verdict {
             return Err(Rejection::RateLimited { retry_after_secs });

@@ -2,8 +2,9 @@
 //!
 //! Memory is bounded: buckets live in shards of at most `MAX_KEYS / SHARDS`
 //! entries. A full bucket is the same as no bucket, so full ones are dropped
-//! first; if a shard is still over its cap, it is cleared (a burst of
-//! distinct keys resets limits rather than growing memory without bound).
+//! first; if a shard is still at its cap, the half seen least recently goes
+//! (an active client keeps its drained bucket; a flood of distinct keys
+//! costs at most the cap, never unbounded memory).
 //! Buckets are per instance (see README "Operating authgate").
 
 use std::collections::HashMap;
@@ -19,6 +20,17 @@ pub const MAX_KEYS: usize = 65_536;
 struct Bucket {
     tokens: f64,
     last: Instant,
+}
+
+/// Drops the half of `map` seen least recently. Keys still hammering the
+/// route were seen recently and keep their (drained) buckets, so a flood of
+/// new keys cannot reset the limit of an active client; each eviction is
+/// O(n) and buys n/2 inserts.
+fn evict_least_recent_half(map: &mut HashMap<u64, Bucket>) {
+    let mut lasts: Vec<Instant> = map.values().map(|b| b.last).collect();
+    let mid = lasts.len() / 2;
+    let (_, &mut cutoff, _) = lasts.select_nth_unstable(mid);
+    map.retain(|_, b| b.last > cutoff);
 }
 
 /// A token-bucket limiter for one route.
@@ -52,9 +64,11 @@ impl RateLimiter {
         };
         if map.len() >= MAX_KEYS / SHARDS && !map.contains_key(&h) {
             let (rate, burst) = (self.rate, self.burst);
-            map.retain(|_, b| b.tokens + now.duration_since(b.last).as_secs_f64() * rate < burst);
+            map.retain(|_, b| {
+                b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate < burst
+            });
             if map.len() >= MAX_KEYS / SHARDS {
-                map.clear();
+                evict_least_recent_half(&mut map);
             }
         }
         let b = map.entry(h).or_insert(Bucket {
@@ -100,6 +114,22 @@ mod tests {
         assert_eq!(rl.check("a", t0), Err(1));
         assert!(rl.check("b", t0).is_ok(), "keys are independent");
         assert!(rl.check("a", t0 + Duration::from_millis(500)).is_ok());
+    }
+
+    #[test]
+    fn a_flood_of_new_keys_does_not_reset_an_active_client() {
+        let rl = RateLimiter::new(false, 1.0 / 3600.0, Some(1));
+        let t0 = Instant::now();
+        assert!(rl.check("abuser", t0).is_ok());
+        for i in 0..(4 * MAX_KEYS as u32) {
+            let t = t0 + Duration::from_micros(u64::from(i));
+            let _ = rl.check(i, t);
+            // The abuser keeps trying, so it stays among the recent keys.
+            if i % 512 == 0 {
+                assert!(rl.check("abuser", t).is_err(), "reset after {i} keys");
+            }
+        }
+        assert!(rl.len() <= MAX_KEYS);
     }
 
     #[test]

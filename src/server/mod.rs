@@ -231,15 +231,8 @@ async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
 /// Re-reads the configuration file and swaps the runtime in whole; an
 /// invalid file leaves the running configuration untouched.
 pub fn reload(shared: &Arc<Shared>, path: &Path) -> Result<(), String> {
-    let result = Config::load(path).map_err(|e| e.to_string()).and_then(|c| {
-        Runtime::build(c).map_err(|errors| {
-            crate::config::ConfigErrors {
-                file: path.to_owned(),
-                errors,
-            }
-            .to_string()
-        })
-    });
+    // Same loading and messages as `authgate check`.
+    let result = crate::cli::load_and_build(path).map_err(|e| e.to_string());
     match result {
         Ok(rt) => {
             rt.inherit_keys(&shared.runtime.load());
@@ -272,7 +265,7 @@ pub async fn run(path: PathBuf) -> Result<(), String> {
     let gateway = Gateway::bind(config).await?;
     tracing::info!(
         listen = %gateway.local_addr(),
-        admin = ?gateway.admin_addr(),
+        admin = %gateway.admin_addr().map_or_else(|| "none".to_owned(), |a| a.to_string()),
         "authgate serving"
     );
     let shared = gateway.shared.clone();
