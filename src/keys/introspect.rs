@@ -36,8 +36,18 @@ fn invalid(reason: &'static str) -> Denied {
     }
 }
 
+/// `application/x-www-form-urlencoded` leaves `*-._` and alphanumerics as
+/// they are. Escaping more (e.g. `-` as `%2D`) breaks HTTP Basic credentials
+/// at the many servers that do not form-decode them (RFC 6749 §2.3.1 asks
+/// for the encoding; real servers mostly compare the raw bytes).
+const FORM: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'*')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_');
+
 fn form_encode(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(s, FORM).to_string()
 }
 
 /// Verifies an opaque token with the introspection issuer, using the cache.
@@ -95,19 +105,28 @@ async fn introspect(rt: &Runtime, token: &str, now: u64) -> Result<Arc<Verified>
         .header(http::header::AUTHORIZATION, format!("Basic {basic}"))
         .body(full(body))
         .map_err(|_| unavailable("cannot build request"))?;
-    let response = rt
-        .fetch_client
-        .send(request, TIMEOUT)
+    // The whole exchange, body included, is bounded: a server that sends
+    // headers and then stalls must not hold the request forever.
+    let exchange = async {
+        let response = rt
+            .fetch_client
+            .send(request, TIMEOUT)
+            .await
+            .map_err(|_| unavailable("introspection endpoint unreachable"))?;
+        if !response.status().is_success() {
+            return Err(unavailable("introspection endpoint failed"));
+        }
+        Ok(
+            http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|_| unavailable("introspection response unreadable"))?
+                .to_bytes(),
+        )
+    };
+    let bytes = tokio::time::timeout(TIMEOUT, exchange)
         .await
-        .map_err(|_| unavailable("introspection endpoint unreachable"))?;
-    if !response.status().is_success() {
-        return Err(unavailable("introspection endpoint failed"));
-    }
-    let bytes = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-        .collect()
-        .await
-        .map_err(|_| unavailable("introspection response unreadable"))?
-        .to_bytes();
+        .map_err(|_| unavailable("introspection endpoint too slow"))??;
     let claims: Map<String, Value> = serde_json::from_slice(&bytes)
         .map_err(|_| unavailable("introspection response is not JSON"))?;
     if claims.get("active") != Some(&Value::Bool(true)) {
@@ -150,4 +169,16 @@ async fn introspect(rt: &Runtime, token: &str, now: u64) -> Result<Arc<Verified>
         None => (cache_until, cache_until),
     };
     verify::finish(rt, idx, &claims, exp, valid_until).map(Arc::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::form_encode;
+
+    #[test]
+    fn form_encoding_keeps_the_unreserved_form_characters() {
+        assert_eq!(form_encode("a-b.c_d*e9"), "a-b.c_d*e9");
+        assert_eq!(form_encode("a b:c/d+e%"), "a%20b%3Ac%2Fd%2Be%25");
+        assert_eq!(form_encode("é"), "%C3%A9");
+    }
 }

@@ -83,6 +83,13 @@ impl JwksStore {
 
     /// On an unknown `kid`: refetch unless one happened in the last 30 s.
     /// Concurrent callers wait for the one fetch in flight.
+    ///
+    /// Returns whether the caller should verify again. That includes the
+    /// callers that did *not* fetch: while they waited, the fetch in flight
+    /// may have brought exactly the key they lack (a rotation seen by many
+    /// clients at once must not refuse all but one of them). Verifying
+    /// again is cheap when the `kid` is still unknown: no key is a
+    /// candidate, so no signature is checked.
     pub async fn refetch_for_unknown_kid(
         &self,
         client: &UpstreamClient,
@@ -95,7 +102,7 @@ impl JwksStore {
                 Err(p) => p.into_inner(),
             };
             if last.is_some_and(|t| t.elapsed() < REFETCH_INTERVAL) {
-                return false;
+                return self.current().is_some();
             }
             *last = Some(Instant::now());
         }
@@ -103,13 +110,28 @@ impl JwksStore {
     }
 }
 
+/// Bound on one whole JWKS fetch (connect, headers and body).
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One fetch, bounded as a whole: a server that sends headers and then
+/// stalls must not hold the single-flight lock (and every request waiting
+/// on an unknown `kid`) forever.
 async fn fetch_keys(url: &http::Uri, client: &UpstreamClient) -> Result<KeySet, &'static str> {
+    tokio::time::timeout(FETCH_TIMEOUT, fetch_keys_unbounded(url, client))
+        .await
+        .map_err(|_| "timed out")?
+}
+
+async fn fetch_keys_unbounded(
+    url: &http::Uri,
+    client: &UpstreamClient,
+) -> Result<KeySet, &'static str> {
     let request = http::Request::get(url.clone())
         .header(http::header::ACCEPT, "application/json")
         .body(full(bytes::Bytes::new()))
         .map_err(|_| "bad request")?;
     let response = client
-        .send(request, Duration::from_secs(5))
+        .send(request, FETCH_TIMEOUT)
         .await
         .map_err(|e| e.kind())?;
     if !response.status().is_success() {
