@@ -1617,7 +1617,7 @@ mod tests {
         }
 
         #[test]
-        fn depth_is_bounded(n in 0usize..3000, objects in any::<bool>()) {
+        fn depth_is_bounded(n in 1usize..3000, objects in any::<bool>()) {
             let body = if objects {
                 format!("{}0{}", "{\"a\":".repeat(n), "}".repeat(n))
             } else {

@@ -193,6 +193,7 @@ fn head_size<B>(req: &Request<B>) -> usize {
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum::<usize>()
         + line
+        + 2 // the blank line that ends the head
 }
 
 fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
@@ -231,6 +232,10 @@ async fn run(
             .iter()
             .any(|&b| b == 0 || b == b'\r' || b == b'\n')
     }) {
+        return Err(Rejection::BadRequest);
+    }
+    // HTTP/1.1 needs exactly one Host (RFC 9112 §3.2); HTTP/2 uses :authority.
+    if req.version() == Version::HTTP_11 && req.headers().get_all(HOST).iter().count() != 1 {
         return Err(Rejection::BadRequest);
     }
     let path = path::normalize(req.uri().path())
@@ -344,12 +349,13 @@ async fn run(
 
     // inject: strip first, then set
     let upgrade_value = parts.headers.get(http::header::UPGRADE).cloned();
-    let host = parts.headers.get(HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    // The request target's authority wins over Host (absolute-form, RFC 9112
+    // §3.2.2; HTTP/2 :authority); it is never used for routing.
+    let host = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| parts.headers.get(HOST).cloned());
     let mut query = parts.uri.query().map(str::to_owned);
     inject::strip_hop_by_hop(&mut parts.headers);
     inject::strip_prefixed(&mut parts.headers, &rt.identity.headers.prefix);

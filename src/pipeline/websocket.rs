@@ -6,6 +6,7 @@
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -68,8 +69,17 @@ impl FrameTracker {
     }
 }
 
+/// How long the gateway waits for a client to take the close frame.
+const CLOSE_WRITE_LIMIT: Duration = Duration::from_secs(5);
+
 /// Relays bytes both ways until either side closes or `deadline` (Unix
 /// seconds) passes.
+///
+/// The two directions are copied independently (a peer blocked writing
+/// must not stop the other direction: that would deadlock two peers that
+/// both send large messages), and the deadline is watched even while a
+/// write to a client that stopped reading is pending, so such a client
+/// cannot keep its tunnel open past its token's `exp`.
 pub async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, deadline: Option<u64>) {
     let (Ok(client), Ok(upstream)) = tokio::join!(client, upstream) else {
         return;
@@ -78,42 +88,53 @@ pub async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, deadline: Option<u64
     let upstream = TokioIo::new(upstream);
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
-    {
-        let mut up = std::pin::pin!(tokio::io::copy(&mut client_read, &mut upstream_write));
-        let wait = deadline.map_or(Duration::from_secs(u64::MAX / 4), |exp| {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            Duration::from_secs(exp.saturating_sub(now))
-        });
-        let mut expired = std::pin::pin!(tokio::time::sleep(wait));
-        let mut tracker = FrameTracker::default();
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            tokio::select! {
-                read = upstream_read.read(&mut buf) => {
-                    let n = match read {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    tracker.feed(&buf[..n]);
-                    if client_write.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-                _ = &mut up => break,
-                _ = &mut expired => {
-                    tracing::info!(target: "authgate::websocket", "token expired; closing WebSocket tunnel");
-                    if tracker.at_boundary() {
-                        let _ = client_write.write_all(&CLOSE_1008).await;
-                    }
+    // True while everything written to the client ends at a frame boundary
+    // and no write is in progress: only then may a close frame be injected.
+    let at_boundary = AtomicBool::new(true);
+    let expired = {
+        let client_to_upstream = tokio::io::copy(&mut client_read, &mut upstream_write);
+        let upstream_to_client = async {
+            let mut tracker = FrameTracker::default();
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match upstream_read.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                at_boundary.store(false, Ordering::Relaxed);
+                tracker.feed(&buf[..n]);
+                if client_write.write_all(&buf[..n]).await.is_err() {
                     break;
                 }
+                at_boundary.store(tracker.at_boundary(), Ordering::Relaxed);
             }
+        };
+        let expiry = async {
+            match deadline {
+                Some(exp) => {
+                    let now = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    tokio::time::sleep(Duration::from_secs(exp.saturating_sub(now))).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = client_to_upstream => false,
+            () = upstream_to_client => false,
+            () = expiry => true,
+        }
+    };
+    if expired {
+        tracing::info!(target: "authgate::websocket", "token expired; closing WebSocket tunnel");
+        if at_boundary.load(Ordering::Relaxed) {
+            let _ =
+                tokio::time::timeout(CLOSE_WRITE_LIMIT, client_write.write_all(&CLOSE_1008)).await;
         }
     }
-    let _ = client_write.shutdown().await;
-    let _ = upstream_write.shutdown().await;
+    let _ = tokio::time::timeout(CLOSE_WRITE_LIMIT, client_write.shutdown()).await;
+    let _ = tokio::time::timeout(CLOSE_WRITE_LIMIT, upstream_write.shutdown()).await;
 }
 
 #[cfg(test)]

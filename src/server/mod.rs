@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 /// A gateway whose listeners are bound, ready to serve.
 pub struct Gateway {
@@ -185,11 +185,17 @@ async fn serve_connection(
 ) {
     let https = tls.is_some();
     let conn = ConnInfo { peer, https };
-    let service = service_fn(move |req| pipeline::handle(shared.clone(), conn, req));
+    let first_request = Arc::new(Notify::new());
+    let seen = first_request.clone();
+    let service = service_fn(move |req| {
+        seen.notify_one();
+        pipeline::handle(shared.clone(), conn, req)
+    });
     match tls {
         None => {
             let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let _ = watcher.watch(c.into_owned()).await;
+            let c = watcher.watch(c.into_owned());
+            first_request_within(c, &first_request, handshake_timeout).await;
         }
         Some(acceptor) => {
             let stream =
@@ -199,16 +205,51 @@ async fn serve_connection(
                         tracing::debug!(error = %e, "TLS handshake failed");
                         return;
                     }
-                    Err(_) => return,
+                    Err(_) => {
+                        tracing::debug!("TLS handshake timed out");
+                        return;
+                    }
                 };
             let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let _ = watcher.watch(c.into_owned()).await;
+            let c = watcher.watch(c.into_owned());
+            first_request_within(c, &first_request, handshake_timeout).await;
         }
     }
 }
 
+/// Drives `connection`, dropping it (which closes the socket) if no request
+/// head has been read within `limit` of the connection's start.
+///
+/// hyper's `header_read_timeout` only runs once the HTTP/1 parser is
+/// reading; before that, the auto builder waits without a deadline for the
+/// bytes that tell HTTP/1 from the HTTP/2 preface, and HTTP/2 has no head
+/// timeout at all. Without this, a client that connects and sends nothing
+/// (or a partial preface, or just the preface) holds one of
+/// `max_connections` forever: a slowloris that needs no bytes.
+async fn first_request_within<C>(connection: C, first_request: &Notify, limit: Duration)
+where
+    C: Future,
+{
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        _ = &mut connection => return,
+        () = first_request.notified() => {}
+        () = tokio::time::sleep(limit) => {
+            tracing::debug!("no request within header_read_timeout; closing the connection");
+            return;
+        }
+    }
+    let _ = connection.await;
+}
+
 async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Slow heads are dropped here too (the timer makes the timeout real).
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.runtime.load().config.limits.header_read_timeout);
+    let builder = Arc::new(builder);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
