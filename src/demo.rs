@@ -47,7 +47,126 @@ pub async fn start_echo_backend() -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
-async fn echo(req: Request<Incoming>) -> Response<Body> {
+/// The RFC 6455 `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.
+pub fn websocket_accept(key: &[u8]) -> String {
+    use base64::Engine;
+    use sha1::Digest;
+    let mut h = sha1::Sha1::new();
+    h.update(key);
+    h.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
+/// Echoes WebSocket messages: reads client frames (masked), answers each
+/// text/binary frame unmasked, answers ping with pong and close with close.
+async fn websocket_echo(upgraded: hyper::upgrade::Upgraded, greeting: String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut io = TokioIo::new(upgraded);
+    let frame = |opcode: u8, payload: &[u8]| {
+        let mut f = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => f.push(n as u8),
+            n if n < 65_536 => {
+                f.push(126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(payload);
+        f
+    };
+    if io.write_all(&frame(1, greeting.as_bytes())).await.is_err() {
+        return;
+    }
+    loop {
+        let mut head = [0u8; 2];
+        if io.read_exact(&mut head).await.is_err() {
+            return;
+        }
+        let opcode = head[0] & 0x0f;
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut b = [0u8; 2];
+                if io.read_exact(&mut b).await.is_err() {
+                    return;
+                }
+                u64::from(u16::from_be_bytes(b))
+            }
+            127 => {
+                let mut b = [0u8; 8];
+                if io.read_exact(&mut b).await.is_err() {
+                    return;
+                }
+                u64::from_be_bytes(b)
+            }
+            n => u64::from(n),
+        };
+        if len > 1 << 20 {
+            return;
+        }
+        let mut mask = [0u8; 4];
+        if head[1] & 0x80 != 0 && io.read_exact(&mut mask).await.is_err() {
+            return;
+        }
+        let mut payload = vec![0u8; len as usize];
+        if io.read_exact(&mut payload).await.is_err() {
+            return;
+        }
+        if head[1] & 0x80 != 0 {
+            for (i, b) in payload.iter_mut().enumerate() {
+                *b ^= mask[i % 4];
+            }
+        }
+        let reply = match opcode {
+            0x8 => {
+                let _ = io.write_all(&frame(0x8, &payload)).await;
+                return;
+            }
+            0x9 => frame(0xA, &payload),
+            0xA => continue,
+            op => frame(op, &payload),
+        };
+        if io.write_all(&reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn echo(mut req: Request<Incoming>) -> Response<Body> {
+    if let Some(key) = req.headers().get("sec-websocket-key").cloned() {
+        let identity: Map<String, Value> = req
+            .headers()
+            .iter()
+            .filter(|(k, _)| k.as_str().starts_with("x-authgate-"))
+            .map(|(k, v)| (k.as_str().to_owned(), Value::from(v.to_str().unwrap_or(""))))
+            .collect();
+        let greeting =
+            json!({"echo": "authgate demo chat socket", "identity": identity}).to_string();
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on_upgrade.await {
+                websocket_echo(up, greeting).await;
+            }
+        });
+        let mut r = Response::new(full(bytes::Bytes::new()));
+        *r.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        let h = r.headers_mut();
+        h.insert(
+            http::header::UPGRADE,
+            http::HeaderValue::from_static("websocket"),
+        );
+        h.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("Upgrade"),
+        );
+        if let Ok(v) = http::HeaderValue::try_from(websocket_accept(key.as_bytes())) {
+            h.insert("sec-websocket-accept", v);
+        }
+        return r;
+    }
     let (parts, body) = req.into_parts();
     let mut headers = Map::new();
     for (k, v) in &parts.headers {
@@ -316,6 +435,9 @@ curl -s{k} {base}/api/chat/messages -H 'content-type: application/json' -d '{{"A
 # 7. Omnichannel-style HS256 token with lwicontexts (forwarded as x-authgate-context)
 curl -s{k} {base}/api/chat/messages -H 'Authorization: Bearer {omni}'
 
+# 8. A WebSocket chat session (token in the query: browsers cannot set headers there; stripped before forwarding)
+python3 examples/websocket/ws_client.py{ca} '{ws}://{wshost}/ws?access_token={valid}'
+
 # Same customer id for the same subject on every channel:
 #   cargo run --release -- customer-id --config {config} --namespace customers alice@example.com
 # Admin: curl -s http://{admin}/readyz ; curl -s http://{admin}/metrics
@@ -323,6 +445,13 @@ curl -s{k} {base}/api/chat/messages -H 'Authorization: Bearer {omni}'
 "#,
         dir = dir.display(),
         config = files.config.display(),
+        ca = if tls {
+            format!(" --cafile {}", dir.join("gateway.crt").display())
+        } else {
+            String::new()
+        },
+        ws = if tls { "wss" } else { "ws" },
+        wshost = base.split("://").nth(1).unwrap_or(""),
     );
     crate::telemetry::init(&crate::config::Log {
         format: crate::config::LogFormat::Pretty,
