@@ -150,19 +150,7 @@ async fn introspect(rt: &Runtime, token: &str, now: u64) -> Result<Arc<Verified>
             return Err(invalid("not yet valid (nbf)"));
         }
     }
-    if let Some(audiences) = &issuer.audiences {
-        let ok = match claims.get("aud") {
-            Some(Value::String(a)) => audiences.contains(a),
-            Some(Value::Array(l)) => l
-                .iter()
-                .filter_map(Value::as_str)
-                .any(|a| audiences.iter().any(|w| w == a)),
-            _ => false,
-        };
-        if !ok {
-            return Err(invalid("audience mismatch"));
-        }
-    }
+    verify::check_audience(issuer, &claims)?;
     let cache_until = now.saturating_add(ttl);
     let (exp, valid_until) = match exp {
         Some(exp) => (exp, cache_until.min(exp.saturating_add(issuer.leeway))),

@@ -166,20 +166,29 @@ fn verify_uncached(rt: &Runtime, token: &str, now: u64) -> Result<Verified, Deni
         }
         valid_until = valid_until.min(limit);
     }
-    if let Some(audiences) = &issuer.audiences {
-        let ok = match claims.get("aud") {
-            Some(Value::String(a)) => audiences.iter().any(|w| w == a),
-            Some(Value::Array(list)) => list
-                .iter()
-                .filter_map(Value::as_str)
-                .any(|a| audiences.iter().any(|w| w == a)),
-            _ => false,
-        };
-        if !ok {
-            return Err(invalid("audience mismatch"));
-        }
-    }
+    check_audience(issuer, &claims)?;
     finish(rt, issuer_idx, &claims, exp, valid_until)
+}
+
+/// `aud` (a string or an array) must name one of the issuer's `audiences`
+/// when they are configured; a token without `aud` then fails.
+pub fn check_audience(issuer: &IssuerRt, claims: &Map<String, Value>) -> Result<(), Denied> {
+    let Some(audiences) = &issuer.audiences else {
+        return Ok(());
+    };
+    let ok = match claims.get("aud") {
+        Some(Value::String(a)) => audiences.iter().any(|w| w == a),
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|a| audiences.iter().any(|w| w == a)),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid("audience mismatch"))
+    }
 }
 
 /// Builds the [`Verified`] from claims that passed every check. Shared with
