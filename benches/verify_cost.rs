@@ -163,18 +163,18 @@ auth = "required"
                 .collect();
             let t = Instant::now();
             for tok in &tokens {
-                let (r, _) = authgate::pipeline::verify::jwt(&rt, black_box(tok), now);
+                let (r, _) = authgate::pipeline::verify::jwt(&rt, black_box(tok), now, None);
                 assert!(r.is_ok(), "{:?}: {:?}", c.alg, r.err());
                 black_box(r.ok());
             }
             best_first = best_first.min(t.elapsed() / first_n as u32);
 
             let tok = tokens.last().expect("a token");
-            let (warm, _) = authgate::pipeline::verify::jwt(&rt, tok, now);
+            let (warm, _) = authgate::pipeline::verify::jwt(&rt, tok, now, None);
             assert!(warm.is_ok());
             let t = Instant::now();
             for _ in 0..hits_n {
-                let (r, outcome) = authgate::pipeline::verify::jwt(&rt, black_box(tok), now);
+                let (r, outcome) = authgate::pipeline::verify::jwt(&rt, black_box(tok), now, None);
                 debug_assert_eq!(outcome, authgate::pipeline::verify::CacheOutcome::Hit);
                 black_box(r.ok());
             }

@@ -16,6 +16,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Introspection requests in flight at most; more get 503 `keys_unavailable`.
+pub const INTROSPECTION_CONCURRENCY: usize = 64;
+
 /// Entries in the verification cache (bounded; evicts least recently used).
 pub const TOKEN_CACHE_CAPACITY: usize = 50_000;
 
@@ -188,6 +191,8 @@ pub struct Runtime {
     pub token_cache: quick_cache::sync::Cache<[u8; 32], Arc<Verified>>,
     /// Opaque tokens introspection called inactive, until the Unix second given.
     pub negative_cache: quick_cache::sync::Cache<[u8; 32], u64>,
+    /// At most this many introspection calls in flight.
+    pub introspection_permits: tokio::sync::Semaphore,
     /// Signs `x-authgate-assertion` when `[identity.assertion]` is set.
     pub assertion: Option<crate::keys::assertion::AssertionSigner>,
     /// A client for JWKS and introspection (webpki roots).
@@ -491,6 +496,7 @@ impl Runtime {
             trusted_proxies,
             token_cache: quick_cache::sync::Cache::new(TOKEN_CACHE_CAPACITY),
             negative_cache: quick_cache::sync::Cache::new(10_000),
+            introspection_permits: tokio::sync::Semaphore::new(INTROSPECTION_CONCURRENCY),
             assertion,
             fetch_client,
             config,

@@ -55,13 +55,19 @@ pub async fn verify(
     rt: &Runtime,
     token: &str,
     now: u64,
+    allowed: Option<&[usize]>,
 ) -> (Result<Arc<Verified>, Denied>, verify::CacheOutcome) {
     let key = verify::cache_key(token);
-    if let Some(v) = rt.token_cache.get(&key) {
-        if now <= v.valid_until {
-            return (Ok(v), verify::CacheOutcome::Hit);
+    if let Some(v) = verify::cached(rt, &key, now) {
+        return (verify::check_allowed(v, allowed), verify::CacheOutcome::Hit);
+    }
+    if let (Some(idx), Some(list)) = (rt.introspection_issuer, allowed) {
+        if !list.contains(&idx) {
+            return (
+                Err(invalid("issuer not allowed on route")),
+                verify::CacheOutcome::Miss,
+            );
         }
-        rt.token_cache.remove(&key);
     }
     if rt
         .negative_cache
@@ -70,6 +76,14 @@ pub async fn verify(
     {
         return (Err(invalid("inactive (cached)")), verify::CacheOutcome::Hit);
     }
+    // Bounded concurrency towards the IdP: a flood of random opaque tokens
+    // must not turn the gateway into an amplifier.
+    let Ok(_permit) = rt.introspection_permits.try_acquire() else {
+        return (
+            Err(unavailable("introspection concurrency limit")),
+            verify::CacheOutcome::Miss,
+        );
+    };
     let result = introspect(rt, token, now).await;
     match &result {
         Ok(v) => rt.token_cache.insert(key, v.clone()),

@@ -114,3 +114,32 @@ mod tests {
         assert_eq!(client_ip(peer, std::iter::empty(), &[]), peer);
     }
 }
+
+/// The rate-limit key of an address: IPv4 as is, IPv6 by its /64 (one
+/// subscriber usually holds a whole /64; keying on full addresses would let
+/// it rotate through 2^64 buckets).
+pub fn rate_key(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let masked = u128::from(v6) & (u128::MAX << 64);
+            IpAddr::V6(masked.into())
+        }
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod rate_key_tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_is_keyed_by_its_64() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("ip");
+        let c: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert_eq!(rate_key(a), rate_key(b));
+        assert_ne!(rate_key(a), rate_key(c));
+        let v4: IpAddr = "192.0.2.7".parse().expect("ip");
+        assert_eq!(rate_key(v4), v4);
+    }
+}

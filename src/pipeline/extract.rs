@@ -26,6 +26,7 @@ pub fn credential(
     is_upgrade: bool,
     body: Option<&Value>,
 ) -> Result<Option<Credential>, Rejection> {
+    check_cookie_headers(parts)?;
     let mut found: Option<Credential> = None;
     for (i, locator) in locators.iter().enumerate() {
         let value = match locator {
@@ -73,7 +74,15 @@ fn header(parts: &Parts, name: &str) -> Result<Option<String>, Rejection> {
     }
     let text = value.to_str().map_err(|_| Rejection::InvalidToken)?.trim();
     if name == "authorization" {
-        return Ok(bearer(text).map(str::to_owned));
+        return match bearer(text) {
+            Some(t) => Ok(Some(t.to_owned())),
+            // An empty `Bearer` counts as absent, like an empty cookie.
+            None if text.eq_ignore_ascii_case("bearer") => Ok(None),
+            // `Bearer<tab>…`, `Bearer…`: a bearer credential we cannot read is
+            // refused, never treated as absent (a lenient upstream might read it).
+            None if is_bearer_scheme(text) => Err(Rejection::InvalidToken),
+            None => Ok(None),
+        };
     }
     Ok(Some(text.to_owned()))
 }
@@ -84,6 +93,24 @@ pub fn bearer(value: &str) -> Option<&str> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| rest.trim_matches(' '))
+}
+
+/// Whether an authorization value claims the Bearer scheme, well-formed or not.
+pub fn is_bearer_scheme(value: &str) -> bool {
+    value
+        .get(..6)
+        .is_some_and(|s| s.eq_ignore_ascii_case("bearer"))
+}
+
+/// Refuses `Cookie` headers that are not visible ASCII: a cookie hidden in
+/// an unreadable header would escape the conflict check and the strip.
+pub fn check_cookie_headers(parts: &Parts) -> Result<(), Rejection> {
+    for v in parts.headers.get_all(http::header::COOKIE) {
+        if v.to_str().is_err() {
+            return Err(Rejection::BadRequest);
+        }
+    }
+    Ok(())
 }
 
 /// Every value of cookie `name` across all `Cookie` headers.
@@ -201,6 +228,18 @@ mod tests {
         assert_eq!(bearer("bEaReR abc"), Some("abc"));
         assert_eq!(bearer("Basic abc"), None);
         assert_eq!(bearer("Bearer"), None);
+        let p = parts(&[("authorization", "Bearer\teyJ.x.y")], "/");
+        assert_eq!(
+            credential(&p, &locs(), false, None),
+            Err(Rejection::InvalidToken)
+        );
+        let p = parts(&[("authorization", "Bearereyj.x.y")], "/");
+        assert_eq!(
+            credential(&p, &locs(), false, None),
+            Err(Rejection::InvalidToken)
+        );
+        let p = parts(&[("authorization", "Bearer ")], "/");
+        assert_eq!(credential(&p, &locs(), false, None), Ok(None));
         let p = parts(&[("authorization", "Basic dXNlcjpwYXNz")], "/");
         assert_eq!(credential(&p, &locs(), false, None), Ok(None));
     }

@@ -56,10 +56,12 @@ impl Shared {
 }
 
 /// Per-connection facts.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub https: bool,
+    /// The connection's `max_connections` slot; a WebSocket tunnel keeps it.
+    pub slot: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 /// Unique request ids: a random per-process prefix and a counter.
@@ -270,7 +272,14 @@ async fn run(
 
     // read the body only where a `body:` locator needs it
     let (mut json, raw, streaming) = if route.reads_body {
-        let bytes = read_body(body, &parts, limits.max_body_bytes).await?;
+        // The body gets the same deadline as the upstream exchange: a client
+        // trickling a body must not hold a connection slot forever.
+        let bytes = tokio::time::timeout(
+            limits.request_timeout,
+            read_body(body, &parts, limits.max_body_bytes),
+        )
+        .await
+        .map_err(|_| Rejection::BadRequest)??;
         (parse_body(&parts, &bytes)?, Some(bytes), None)
     } else {
         (None, None, Some(body))
@@ -293,7 +302,7 @@ async fn run(
     // Per-IP limits run before verification, so floods of bad tokens are
     // limited too; per-customer limits need the identity and run after.
     let client_ip = || {
-        clientip::client_ip(
+        clientip::rate_key(clientip::client_ip(
             conn.peer.ip(),
             parts
                 .headers
@@ -301,7 +310,7 @@ async fn run(
                 .iter()
                 .filter_map(|v| v.to_str().ok()),
             &rt.trusted_proxies,
-        )
+        ))
     };
     if let Some(limiter) = route.rate_limit.as_ref().filter(|l| !l.per_customer) {
         if let Err(retry_after_secs) = limiter.check(client_ip(), Instant::now()) {
@@ -311,9 +320,17 @@ async fn run(
 
     // extract
     let credential = if route.auth == AuthMode::None {
+        extract::check_cookie_headers(&parts)?;
         None
     } else {
-        extract::credential(&parts, &rt.locators, upgrade, json.as_ref())?
+        match extract::credential(&parts, &rt.locators, upgrade, json.as_ref()) {
+            Ok(c) => c,
+            Err(e) => {
+                // A presented but unreadable token still gets error="invalid_token".
+                out.token_presented = e == Rejection::InvalidToken;
+                return Err(e);
+            }
+        }
     };
     out.token_presented = credential.is_some();
 
@@ -322,13 +339,11 @@ async fn run(
         (_, AuthMode::None) | (None, AuthMode::Optional) => Identity::Anonymous,
         (None, AuthMode::Required) => return Err(Rejection::MissingToken),
         (Some(c), _) => {
-            let verified = verify_token(shared, rt, &c.token, out).await?;
-            if let Some(allowed) = &route.issuers {
-                if !allowed.contains(&verified.issuer) {
-                    out.reason = Some("issuer not allowed on route");
-                    return Err(Rejection::InvalidToken);
-                }
-            }
+            // The route's issuer list is applied inside verification, right
+            // after `iss` picks the issuer: a token of another issuer is
+            // `invalid_token`, never `token_expired` or `keys_unavailable`.
+            let verified =
+                verify_token(shared, rt, &c.token, route.issuers.as_deref(), out).await?;
             Identity::Authenticated(verified)
         }
     };
@@ -336,7 +351,7 @@ async fn run(
 
     // authorize
     let effective_scopes = authorize(route, &identity, context.as_ref())?;
-    match_claims(route, &identity, &parts, json.as_ref(), upgrade)?;
+    match_claims(route, &identity, &parts, json.as_ref())?;
     if let Some(limiter) = route.rate_limit.as_ref().filter(|l| l.per_customer) {
         let verdict = match identity.customer_id() {
             Some(cid) => limiter.check(cid, Instant::now()),
@@ -353,8 +368,14 @@ async fn run(
     // §3.2.2; HTTP/2 :authority); it is never used for routing.
     let host = parts
         .uri
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .host()
+        .and_then(|h| {
+            let hp = match parts.uri.port_u16() {
+                Some(p) => format!("{h}:{p}"),
+                None => h.to_owned(),
+            };
+            HeaderValue::try_from(hp).ok()
+        })
         .or_else(|| parts.headers.get(HOST).cloned());
     let mut query = parts.uri.query().map(str::to_owned);
     inject::strip_hop_by_hop(&mut parts.headers);
@@ -368,23 +389,34 @@ async fn run(
             body_changed |= redact_body(doc, ptr);
         }
     }
+    // strip = true: every place a token may travel is emptied, on every
+    // route — whether or not a token was found or used there — so nothing
+    // unverified rides along to the upstream (or into its URL logs).
     if rt.config.credentials.strip {
-        if let Some(c) = &credential {
-            for &i in &c.sources {
-                match &rt.locators[i] {
-                    Locator::Header(name) => {
-                        parts.headers.remove(name.as_str());
+        for locator in &rt.locators {
+            match locator {
+                Locator::Header(name) if name == "authorization" => {
+                    let bearer = parts
+                        .headers
+                        .get(http::header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| extract::is_bearer_scheme(v.trim()));
+                    if bearer {
+                        parts.headers.remove(http::header::AUTHORIZATION);
                     }
-                    Locator::Cookie(name) => strip_cookie(&mut parts.headers, name),
-                    Locator::Query(name) => {
-                        query = query
-                            .as_deref()
-                            .and_then(|q| extract::query_without(q, name));
-                    }
-                    Locator::Body(ptr) => {
-                        if let Some(doc) = json.as_mut() {
-                            body_changed |= crate::context::remove_pointer(doc, ptr);
-                        }
+                }
+                Locator::Header(name) => {
+                    parts.headers.remove(name.as_str());
+                }
+                Locator::Cookie(name) => strip_cookie(&mut parts.headers, name),
+                Locator::Query(name) => {
+                    query = query
+                        .as_deref()
+                        .and_then(|q| extract::query_without(q, name));
+                }
+                Locator::Body(ptr) => {
+                    if let Some(doc) = json.as_mut() {
+                        body_changed |= crate::context::remove_pointer(doc, ptr);
                     }
                 }
             }
@@ -490,11 +522,11 @@ async fn run(
                 _ => None,
             };
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(websocket::tunnel(
-                client_upgrade,
-                upstream_upgrade,
-                deadline,
-            ));
+            let slot = conn.slot.clone();
+            tokio::spawn(async move {
+                websocket::tunnel(client_upgrade, upstream_upgrade, deadline).await;
+                drop(slot);
+            });
             let (parts, _) = response.into_parts();
             return Ok(Response::from_parts(parts, forward::full(Bytes::new())));
         }
@@ -502,6 +534,11 @@ async fn run(
         return Err(Rejection::UpstreamUnavailable);
     }
     inject::strip_hop_by_hop(response.headers_mut());
+    if rt.config.cors.is_some() {
+        // The gateway alone decides CORS: an upstream's reflected origin
+        // must not reach an origin the configuration does not allow.
+        strip_cors(response.headers_mut());
+    }
     Ok(response.map(forward::boxed))
 }
 
@@ -509,13 +546,14 @@ async fn verify_token(
     shared: &Shared,
     rt: &Runtime,
     token: &str,
+    allowed: Option<&[usize]>,
     out: &mut Outcome,
 ) -> Result<Arc<crate::identity::Verified>, Rejection> {
     let now = now_unix();
     let (mut result, mut cache) = if verify::is_jwt_shaped(token) {
-        verify::jwt(rt, token, now)
+        verify::jwt(rt, token, now, allowed)
     } else {
-        crate::keys::introspect::verify(rt, token, now).await
+        crate::keys::introspect::verify(rt, token, now, allowed).await
     };
     // An unknown `kid` at a JWKS issuer: one single-flight refetch, then retry.
     if let Err(d) = &result {
@@ -525,7 +563,7 @@ async fn verify_token(
                     .refetch_for_unknown_kid(&rt.fetch_client, &shared.metrics)
                     .await
                 {
-                    (result, cache) = verify::jwt(rt, token, now);
+                    (result, cache) = verify::jwt(rt, token, now, allowed);
                 }
             }
         }
@@ -585,34 +623,47 @@ fn match_claims(
     identity: &Identity,
     parts: &http::request::Parts,
     json: Option<&Value>,
-    upgrade: bool,
 ) -> Result<(), Rejection> {
     let Identity::Authenticated(v) = identity else {
         return Ok(());
     };
     for (claim, locator) in &route.match_claims {
-        let declared: Option<Value> = match locator {
-            Locator::Body(ptr) => json.and_then(|d| crate::context::pointer(d, ptr)).cloned(),
+        // Every value the request declares at that place (fail closed:
+        // unreadable is a bad request, two different values a mismatch).
+        let mut declared: Vec<Value> = match locator {
+            Locator::Body(ptr) => json
+                .and_then(|d| crate::context::pointer(d, ptr))
+                .cloned()
+                .into_iter()
+                .collect(),
             Locator::Header(name) => parts
                 .headers
-                .get(name.as_str())
-                .and_then(|h| h.to_str().ok())
-                .map(|s| Value::String(s.to_owned())),
+                .get_all(name.as_str())
+                .iter()
+                .map(|h| {
+                    h.to_str()
+                        .map(|s| Value::String(s.to_owned()))
+                        .map_err(|_| Rejection::BadRequest)
+                })
+                .collect::<Result<_, _>>()?,
             Locator::Cookie(name) => extract::cookie_values(parts, name)
-                .next()
-                .map(|s| Value::String(s.to_owned())),
-            Locator::Query(name) if upgrade => parts
-                .uri
-                .query()
-                .and_then(|q| extract::query_values(q, name).next().flatten())
-                .map(Value::String),
-            Locator::Query(_) => None,
+                .map(|s| Value::String(s.to_owned()))
+                .collect(),
+            Locator::Query(name) => match parts.uri.query() {
+                None => Vec::new(),
+                Some(q) => extract::query_values(q, name)
+                    .map(|v| v.map(Value::String).ok_or(Rejection::BadRequest))
+                    .collect::<Result<_, _>>()?,
+            },
         };
-        let actual = claim.get(&v.claims);
-        if let (Some(d), Some(a)) = (declared, actual) {
-            if d != Value::Null && d != *a {
-                return Err(Rejection::IdentityMismatch);
-            }
+        declared.retain(|d| !d.is_null());
+        declared.dedup();
+        match (declared.as_slice(), claim.get(&v.claims)) {
+            ([], _) => {}
+            ([d], Some(a)) if d == a => {}
+            // Declared but different, declared twice, or declared while the
+            // verified token has no such claim: refuse.
+            _ => return Err(Rejection::IdentityMismatch),
         }
     }
     Ok(())
@@ -634,6 +685,17 @@ fn redact_body(doc: &mut Value, ptr: &str) -> bool {
         }
     }
     changed
+}
+
+fn strip_cors(headers: &mut http::HeaderMap) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("access-control-"))
+        .cloned()
+        .collect();
+    for k in doomed {
+        headers.remove(k);
+    }
 }
 
 fn strip_cookie(headers: &mut http::HeaderMap, name: &str) {

@@ -5,6 +5,9 @@
 //! than guessed: `%2F`, `%5C`, `%00`, a literal backslash, a `..` escaping the
 //! root, a malformed escape, or a control character. Other escapes stay
 //! encoded (hex upper-cased) so the upstream sees exactly what was matched.
+//! `;` (literal or `%3B`) is refused too: servlet containers strip `;params`
+//! before resolving dot segments, so `/public/..;/admin` would route here as
+//! public and there as admin.
 
 use std::borrow::Cow;
 
@@ -30,6 +33,9 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, Ambiguous> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(Ambiguous("path does not start with /"));
+    }
+    if bytes.contains(&b';') {
+        return Err(Ambiguous("path parameter (;)"));
     }
     // Fast path: nothing to decode, merge or resolve.
     let clean = !bytes
@@ -59,6 +65,7 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, Ambiguous> {
                 let v = h * 16 + l;
                 match v {
                     b'/' => return Err(Ambiguous("encoded slash")),
+                    b';' => return Err(Ambiguous("encoded path parameter")),
                     b'\\' => return Err(Ambiguous("encoded backslash")),
                     0 => return Err(Ambiguous("encoded NUL")),
                     _ if is_unreserved(v) => decoded.push(char::from(v)),
@@ -131,6 +138,10 @@ mod tests {
             assert_eq!(normalize(input).as_deref(), Ok(want), "{input}");
         }
         for bad in [
+            "/api/public/..;/bill",
+            "/api/bill;x/pay",
+            "/a%3bb",
+            "/a%3B",
             "/api/%2F",
             "/api/%2f",
             "/api%5C",

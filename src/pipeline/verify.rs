@@ -63,20 +63,41 @@ pub enum CacheOutcome {
     Miss,
 }
 
-/// Verifies a JWT, using and filling the cache.
-pub fn jwt(rt: &Runtime, token: &str, now: u64) -> (Result<Arc<Verified>, Denied>, CacheOutcome) {
+/// Verifies a JWT, using and filling the cache. `allowed` is the route's
+/// issuer list, applied as soon as `iss` picks the issuer (and on hits).
+pub fn jwt(
+    rt: &Runtime,
+    token: &str,
+    now: u64,
+    allowed: Option<&[usize]>,
+) -> (Result<Arc<Verified>, Denied>, CacheOutcome) {
     let key = cache_key(token);
-    if let Some(v) = rt.token_cache.get(&key) {
-        if now <= v.valid_until {
-            return (Ok(v), CacheOutcome::Hit);
-        }
-        rt.token_cache.remove(&key);
+    if let Some(v) = cached(rt, &key, now) {
+        return (check_allowed(v, allowed), CacheOutcome::Hit);
     }
-    let result = verify_uncached(rt, token, now).map(Arc::new);
+    let result = verify_uncached(rt, token, now, allowed).map(Arc::new);
     if let Ok(v) = &result {
         rt.token_cache.insert(key, v.clone());
     }
     (result, CacheOutcome::Miss)
+}
+
+/// A cached verification still inside its validity, if any.
+pub fn cached(rt: &Runtime, key: &[u8; 32], now: u64) -> Option<Arc<Verified>> {
+    let v = rt.token_cache.get(key)?;
+    if now <= v.valid_until {
+        return Some(v);
+    }
+    rt.token_cache.remove(key);
+    None
+}
+
+/// The route's issuer list, applied to a (cached) verification.
+pub fn check_allowed(v: Arc<Verified>, allowed: Option<&[usize]>) -> Result<Arc<Verified>, Denied> {
+    match allowed {
+        Some(list) if !list.contains(&v.issuer) => Err(invalid("issuer not allowed on route")),
+        _ => Ok(v),
+    }
 }
 
 fn b64(part: &str) -> Result<Vec<u8>, Denied> {
@@ -85,7 +106,12 @@ fn b64(part: &str) -> Result<Vec<u8>, Denied> {
         .map_err(|_| invalid("malformed base64"))
 }
 
-fn verify_uncached(rt: &Runtime, token: &str, now: u64) -> Result<Verified, Denied> {
+fn verify_uncached(
+    rt: &Runtime,
+    token: &str,
+    now: u64,
+    allowed: Option<&[usize]>,
+) -> Result<Verified, Denied> {
     let mut parts = token.splitn(3, '.');
     let (Some(h64), Some(p64), Some(sig)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(invalid("not a JWT"));
@@ -116,6 +142,9 @@ fn verify_uncached(rt: &Runtime, token: &str, now: u64) -> Result<Verified, Deni
     let issuer_idx = rt
         .issuer_by_iss(iss)
         .ok_or_else(|| invalid("unknown issuer"))?;
+    if allowed.is_some_and(|list| !list.contains(&issuer_idx)) {
+        return Err(invalid("issuer not allowed on route"));
+    }
     let issuer = &rt.issuers[issuer_idx];
     // `none` and anything unknown fail to parse; the allow-list decides the rest.
     let alg: Algorithm = alg_name.parse().map_err(|_| invalid("unsupported alg"))?;

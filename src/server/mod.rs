@@ -121,11 +121,14 @@ impl Gateway {
             let tls = tls.clone();
             let handshake_timeout = limits.header_read_timeout;
             tokio::spawn(async move {
-                let _permit = permit;
+                // The connection slot lives as long as the connection — and,
+                // after an upgrade, as long as its WebSocket tunnel.
+                let slot = Arc::new(permit);
                 shared.metrics.open_connections.inc();
                 serve_connection(
                     stream,
                     peer,
+                    slot,
                     shared.clone(),
                     builder,
                     watcher,
@@ -174,9 +177,11 @@ fn http_builder(limits: &crate::config::Limits) -> auto::Builder<TokioExecutor> 
     builder
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    slot: Arc<tokio::sync::OwnedSemaphorePermit>,
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
@@ -184,12 +189,16 @@ async fn serve_connection(
     handshake_timeout: Duration,
 ) {
     let https = tls.is_some();
-    let conn = ConnInfo { peer, https };
+    let conn = ConnInfo {
+        peer,
+        https,
+        slot: Some(slot),
+    };
     let first_request = Arc::new(Notify::new());
     let seen = first_request.clone();
     let service = service_fn(move |req| {
         seen.notify_one();
-        pipeline::handle(shared.clone(), conn, req)
+        pipeline::handle(shared.clone(), conn.clone(), req)
     });
     match tls {
         None => {

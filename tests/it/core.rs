@@ -585,3 +585,161 @@ async fn oversized_head_is_431() {
     assert_error(&r, 431, "header_too_large");
     assert_eq!(gw.upstream.count(), 0);
 }
+
+// ---- hardening found in review: each would have failed open before ----
+
+#[tokio::test]
+async fn path_parameters_cannot_smuggle_a_different_route() {
+    let (gw, _keys) = gw().await;
+    for path in [
+        "/api/public/..;/bill/pay",
+        "/api/public;x/y",
+        "/api/public/%3B/x",
+    ] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        let (status, text) = raw(gw.addr, req.as_bytes()).await;
+        assert_eq!(status, 400, "{path}: {text}");
+    }
+    assert_eq!(gw.upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn unreadable_cookie_header_is_refused_not_skipped() {
+    let (gw, keys) = gw().await;
+    let t = sign(keys, Algorithm::RS256, &claims(ISS_RSA, "a", "chat"));
+    let other = sign(keys, Algorithm::RS256, &claims(ISS_RSA, "b", "chat"));
+    let mut bytes = format!(
+        "GET /api/chat/x HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {t}\r\nCookie: AuthCookie={other}; x=~\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    // One obs-text byte (0xFF) in the Cookie header.
+    if let Some(pos) = bytes.iter().position(|&b| b == b'~') {
+        bytes[pos] = 0xFF;
+    }
+    let (status, _) = raw(gw.addr, &bytes).await;
+    assert_eq!(status, 400);
+    assert_eq!(gw.upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn malformed_bearer_is_invalid_not_anonymous() {
+    let (gw, keys) = gw().await;
+    let t = sign(keys, Algorithm::RS256, &claims(ISS_RSA, "a", "chat"));
+    for value in [format!("Bearer\t{t}"), format!("Bearer{t}")] {
+        let r = refused(
+            &gw,
+            "/api/optional/x",
+            &[("authorization", &value)],
+            401,
+            "invalid_token",
+        )
+        .await;
+        assert!(r.headers["www-authenticate"]
+            .to_str()
+            .expect("ascii")
+            .contains("invalid_token"));
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_stripped_on_every_route_and_from_plain_urls() {
+    let (gw, keys) = gw().await;
+    let t = sign(keys, Algorithm::RS256, &claims(ISS_RSA, "a", "chat"));
+    let r = get(
+        &gw.url(&format!("/api/public/x?keep=1&access_token={t}")),
+        &[
+            ("authorization", &bearer(&t)),
+            ("cookie", &format!("AuthCookie={t}; theme=dark")),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let up = gw.upstream.only();
+    assert_eq!(up.uri, "/api/public/x?keep=1");
+    assert_eq!(up.header("authorization"), None);
+    assert_eq!(up.header("cookie"), Some("theme=dark"));
+    assert!(!up.raw_text().contains(&t));
+    // Other schemes are the upstream's business and stay.
+    let r = get(
+        &gw.url("/api/public/y"),
+        &[("authorization", "Basic dXNlcjpwdw==")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        gw.upstream.seen()[1].header("authorization"),
+        Some("Basic dXNlcjpwdw==")
+    );
+}
+
+#[tokio::test]
+async fn another_issuers_expired_token_is_invalid_not_expired() {
+    let (gw, keys) = gw().await;
+    let mut c = claims(ISS_EC, "a", "chat");
+    c.insert("exp".into(), json!(now() - 3600));
+    let t = sign(keys, Algorithm::ES256, &c);
+    let r = refused(
+        &gw,
+        "/api/web-only/x",
+        &[("authorization", &bearer(&t))],
+        401,
+        "invalid_token",
+    )
+    .await;
+    assert!(r.body.get("needs_refresh").is_none());
+    // And a cached verification is still held to the route's list.
+    let t = sign(keys, Algorithm::ES256, &claims(ISS_EC, "a", "chat"));
+    assert_eq!(
+        get(&gw.url("/api/chat/x"), &[("authorization", &bearer(&t))])
+            .await
+            .status,
+        200
+    );
+    let r = get(
+        &gw.url("/api/web-only/x"),
+        &[("authorization", &bearer(&t))],
+    )
+    .await;
+    assert_error(&r, 401, "invalid_token");
+}
+
+#[tokio::test]
+async fn match_claims_fails_closed() {
+    let keys = Keys::generate();
+    let toml = format!(
+        "{}\n[[routes]]\nname = \"mine\"\npath = \"/api/mine/{{*rest}}\"\nupstream = \"chat\"\nauth = \"required\"\nmatch_claims = {{ sub = \"header:x-customer\", \"/ext/cid\" = \"cookie:cid\" }}\n",
+        TestGateway::default_toml(keys)
+    );
+    let gw = TestGateway::start(&toml, "").await;
+    let t = sign(keys, Algorithm::RS256, &claims(ISS_RSA, "alice", "chat"));
+    let b = bearer(&t);
+    // equal: ok; absent: ok
+    assert_eq!(
+        get(
+            &gw.url("/api/mine/x"),
+            &[("authorization", &b), ("x-customer", "alice")]
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        get(&gw.url("/api/mine/x"), &[("authorization", &b)])
+            .await
+            .status,
+        200
+    );
+    let before = gw.upstream.count();
+    // different, declared twice, or declared while the token lacks the claim: 403
+    for h in [
+        vec![("x-customer", "bob")],
+        vec![("x-customer", "alice"), ("x-customer", "bob")],
+        vec![("cookie", "cid=victim")],
+    ] {
+        let mut headers = vec![("authorization", b.as_str())];
+        headers.extend(h);
+        let r = get(&gw.url("/api/mine/x"), &headers).await;
+        assert_error(&r, 403, "identity_mismatch");
+    }
+    assert_eq!(gw.upstream.count(), before);
+}
