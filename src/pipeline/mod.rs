@@ -497,7 +497,7 @@ async fn run(
     };
     let sent = Instant::now();
     let result = upstream
-        .send(Request::from_parts(parts, body), limits.request_timeout)
+        .forward(Request::from_parts(parts, body), limits.request_timeout)
         .await;
     out.upstream_secs = Some(sent.elapsed().as_secs_f64());
     let mut response = match result {
@@ -539,7 +539,7 @@ async fn run(
         // must not reach an origin the configuration does not allow.
         strip_cors(response.headers_mut());
     }
-    Ok(response.map(forward::boxed))
+    Ok(response)
 }
 
 async fn verify_token(
