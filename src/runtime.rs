@@ -79,8 +79,6 @@ fn split_pointer(p: &str) -> Option<(String, &str)> {
 pub struct IssuerRt {
     pub name: String,
     pub name_header: HeaderValue,
-    pub kind: IssuerKind,
-    pub iss: String,
     pub audiences: Option<Vec<String>>,
     pub algorithms: Vec<Algorithm>,
     pub keys: KeySource,
@@ -96,9 +94,25 @@ pub struct IssuerRt {
 /// RFC 7662 endpoint settings.
 pub struct Introspection {
     pub url: http::Uri,
-    pub client_id: String,
-    pub client_secret: SecretSlice<u8>,
+    /// `Authorization: Basic …` with the client credentials, built once and
+    /// marked sensitive (never logged, never HPACK-indexed).
+    pub authorization: HeaderValue,
     pub cache_ttl: Duration,
+}
+
+impl Introspection {
+    pub fn new(
+        url: http::Uri,
+        client_id: &str,
+        client_secret: &SecretSlice<u8>,
+        cache_ttl: Duration,
+    ) -> Result<Introspection, String> {
+        Ok(Introspection {
+            url,
+            authorization: keys::introspect::basic_authorization(client_id, client_secret)?,
+            cache_ttl,
+        })
+    }
 }
 
 /// One `[[routes]]` entry.
@@ -255,9 +269,13 @@ impl Runtime {
         for (i, is) in config.issuers.iter().enumerate() {
             let k = |s: &str| format!("issuers[{i}].{s}");
             let mut algorithms = Vec::new();
-            for a in &is.algorithms {
-                if let Ok(alg) = a.parse::<Algorithm>() {
-                    algorithms.push(alg);
+            for (j, a) in is.algorithms.iter().enumerate() {
+                match a.parse::<Algorithm>() {
+                    Ok(alg) => algorithms.push(alg),
+                    Err(_) => err(
+                        format!("issuers[{i}].algorithms[{j}]"),
+                        format!("`{a}` is not a supported algorithm"),
+                    ),
                 }
             }
             let mut introspection = None;
@@ -271,19 +289,37 @@ impl Runtime {
                             .map(|p| config.resolve(p))
                             .as_deref(),
                     );
-                    match (
-                        secret,
-                        is.introspection_url.as_deref().map(str::parse::<http::Uri>),
-                    ) {
-                        (Ok(client_secret), Some(Ok(url))) => {
-                            introspection = Some(Introspection {
-                                url,
-                                client_id: is.client_id.clone().unwrap_or_default(),
-                                client_secret,
-                                cache_ttl: is.cache_ttl.unwrap_or(Duration::from_secs(60)),
-                            })
+                    let url = match is.introspection_url.as_deref().map(str::parse::<http::Uri>) {
+                        Some(Ok(url)) => Some(url),
+                        Some(Err(_)) => {
+                            err(k("introspection_url"), "not an http(s) URL".into());
+                            None
                         }
-                        (Err(m), _) => err(k("client_secret_env"), m),
+                        None => {
+                            err(
+                                k("introspection_url"),
+                                "kind = \"introspection\" needs introspection_url".into(),
+                            );
+                            None
+                        }
+                    };
+                    if is.client_id.is_none() {
+                        err(k("client_id"), "introspection needs client_id".into());
+                    }
+                    match (secret, url, &is.client_id) {
+                        (Ok(client_secret), Some(url), Some(client_id)) => {
+                            match Introspection::new(
+                                url,
+                                client_id,
+                                &client_secret,
+                                is.cache_ttl.unwrap_or(Duration::from_secs(60)),
+                            ) {
+                                Ok(intro) => introspection = Some(intro),
+                                Err(m) => err(k("client_id"), m),
+                            }
+                        }
+                        (Err(m), _, _) => err(k("client_secret_env"), m),
+                        // The missing URL or client_id is reported above.
                         _ => {}
                     }
                     KeySource::Static(Arc::new(KeySet::default()))
@@ -331,7 +367,10 @@ impl Runtime {
                                 uri,
                                 is.jwks_refresh.unwrap_or(Duration::from_secs(300)),
                             ))),
-                            Err(_) => KeySource::Static(Arc::new(KeySet::default())),
+                            Err(_) => {
+                                err(k("jwks_url"), format!("`{url}` is not an http(s) URL"));
+                                KeySource::Static(Arc::new(KeySet::default()))
+                            }
                         }
                     } else {
                         let mut set = KeySet::default();
@@ -345,18 +384,29 @@ impl Runtime {
                     }
                 }
             };
-            if let Some(iss) = &is.iss {
-                if is.kind == IssuerKind::Jwt {
-                    iss_index.insert(iss.clone(), i);
+            if is.kind == IssuerKind::Jwt {
+                match &is.iss {
+                    Some(iss) if !iss.is_empty() => {
+                        if iss_index.insert(iss.clone(), i).is_some() {
+                            err(
+                                k("iss"),
+                                format!("another issuer already matches iss `{iss}`"),
+                            );
+                        }
+                    }
+                    _ => err(k("iss"), "a JWT issuer needs `iss`".into()),
                 }
             }
-            let name_header =
-                HeaderValue::from_str(&is.name).unwrap_or(HeaderValue::from_static("issuer"));
+            let name_header = match HeaderValue::from_str(&is.name) {
+                Ok(h) => h,
+                Err(_) => {
+                    err(k("name"), "not a valid header value".into());
+                    HeaderValue::from_static("")
+                }
+            };
             issuers.push(IssuerRt {
                 name: is.name.clone(),
                 name_header,
-                kind: is.kind,
-                iss: is.iss.clone().unwrap_or_default(),
                 audiences: is.audiences.clone(),
                 algorithms,
                 keys,
@@ -394,20 +444,48 @@ impl Runtime {
         let mut by_pattern: HashMap<&str, Vec<usize>> = HashMap::new();
         let mut routes = Vec::new();
         let mut kept_claims = Vec::new();
+        // `Config::parse` validated every reference below; a failure here
+        // means the two validators disagree, and the route would run with
+        // less checking than configured. Refuse the configuration instead.
         for (i, r) in config.routes.iter().enumerate() {
             by_pattern.entry(r.path.as_str()).or_default().push(i);
+            let k = |s: &str| format!("routes[{i}].{s}");
             let issuers_allowed = r.issuers.as_ref().map(|names| {
-                names
-                    .iter()
-                    .filter_map(|n| config.issuers.iter().position(|is| &is.name == n))
-                    .collect()
+                let mut idx = Vec::with_capacity(names.len());
+                for (j, n) in names.iter().enumerate() {
+                    match config.issuers.iter().position(|is| &is.name == n) {
+                        Some(p) => idx.push(p),
+                        None => err(
+                            format!("routes[{i}].issuers[{j}]"),
+                            format!("no issuer named `{n}`"),
+                        ),
+                    }
+                }
+                idx
             });
-            let context = r.context.as_deref().and_then(|c| Locator::parse(c).ok());
-            let match_claims: Vec<(ClaimPath, Locator)> = r
-                .match_claims
-                .iter()
-                .filter_map(|(c, l)| Some((ClaimPath::parse(c), Locator::parse(l).ok()?)))
-                .collect();
+            let context = match r.context.as_deref().map(Locator::parse) {
+                None => None,
+                Some(Ok(l)) if l.is_body() => Some(l),
+                Some(Ok(_)) => {
+                    err(
+                        k("context"),
+                        "the context object is read from a `body:/POINTER` locator".into(),
+                    );
+                    None
+                }
+                Some(Err(m)) => {
+                    err(k("context"), m);
+                    None
+                }
+            };
+            let mut match_claims: Vec<(ClaimPath, Locator)> =
+                Vec::with_capacity(r.match_claims.len());
+            for (c, l) in &r.match_claims {
+                match Locator::parse(l) {
+                    Ok(loc) => match_claims.push((ClaimPath::parse(c), loc)),
+                    Err(m) => err(format!("routes[{i}].match_claims.{c}"), m),
+                }
+            }
             for (c, _) in &match_claims {
                 let root = c.root();
                 if !kept_claims.contains(&root) {
@@ -417,21 +495,48 @@ impl Runtime {
             let reads_body = context.is_some()
                 || match_claims.iter().any(|(_, l)| l.is_body())
                 || (r.auth != AuthMode::None && body_token);
-            let rate_limit = r.rate_limit.as_ref().and_then(|rl| {
-                let rate = config::parse_rate(&rl.rate).ok()?;
-                Some(RateLimiter::new(
-                    rl.per == RateKey::Customer,
-                    rate,
-                    rl.burst,
-                ))
+            let rate_limit = match &r.rate_limit {
+                None => None,
+                Some(rl) => match config::parse_rate(&rl.rate) {
+                    Ok(rate) => Some(RateLimiter::new(
+                        rl.per == RateKey::Customer,
+                        rate,
+                        rl.burst,
+                    )),
+                    Err(m) => {
+                        err(k("rate_limit.rate"), m);
+                        None
+                    }
+                },
+            };
+            let methods = r.methods.as_ref().map(|ms| {
+                let mut out = Vec::with_capacity(ms.len());
+                for (j, m) in ms.iter().enumerate() {
+                    match m.parse::<Method>() {
+                        Ok(m) => out.push(m),
+                        Err(_) => err(
+                            format!("routes[{i}].methods[{j}]"),
+                            format!("`{m}` is not an HTTP method"),
+                        ),
+                    }
+                }
+                out
             });
+            let upstream = match upstream_index.get(&r.upstream) {
+                Some(&u) => u,
+                None => {
+                    // A configured upstream whose client failed is already
+                    // reported under `upstreams.NAME`.
+                    if !config.upstreams.contains_key(&r.upstream) {
+                        err(k("upstream"), format!("no [upstreams.{}]", r.upstream));
+                    }
+                    continue;
+                }
+            };
             routes.push(RouteRt {
                 name: Arc::from(r.name.as_str()),
-                methods: r
-                    .methods
-                    .as_ref()
-                    .map(|ms| ms.iter().filter_map(|m| m.parse::<Method>().ok()).collect()),
-                upstream: upstream_index.get(&r.upstream).copied().unwrap_or(0),
+                methods,
+                upstream,
                 auth: r.auth,
                 scopes: r.scopes.clone(),
                 issuers: issuers_allowed,
@@ -447,12 +552,16 @@ impl Runtime {
                 err("routes".into(), format!("`{pattern}`: {e}"));
             }
         }
-        let trusted_proxies = config
-            .listen
-            .trusted_proxies
-            .iter()
-            .filter_map(|c| Cidr::parse(c))
-            .collect();
+        let mut trusted_proxies = Vec::with_capacity(config.listen.trusted_proxies.len());
+        for (i, c) in config.listen.trusted_proxies.iter().enumerate() {
+            match Cidr::parse(c) {
+                Some(cidr) => trusted_proxies.push(cidr),
+                None => err(
+                    format!("listen.trusted_proxies[{i}]"),
+                    format!("`{c}` is not an IP address or CIDR"),
+                ),
+            }
+        }
         let claim = ClaimPath::parse(&config.identity.customer_id_claim);
         let assertion = match &config.identity.assertion {
             None => None,
@@ -569,12 +678,13 @@ impl Runtime {
     }
 
     /// The pseudonymized (or raw) customer id the gateway forwards for
-    /// `subject` verified by an issuer of `namespace`.
+    /// `subject` verified by an issuer of `namespace`. Always `Some`; the
+    /// `Option` is kept for the callers in `cli.rs` and the tests.
     pub fn customer_id(&self, namespace: &str, subject: &str) -> Option<String> {
-        match &self.identity.key {
-            Some(k) => Some(k.customer_id(namespace, subject)),
-            None => Some(subject.to_owned()),
-        }
+        Some(match &self.identity.key {
+            Some(k) => k.customer_id(namespace, subject),
+            None => subject.to_owned(),
+        })
     }
 }
 
@@ -583,5 +693,96 @@ fn id_key_name(id: &config::Identity) -> String {
         "identity.key_file".into()
     } else {
         "identity.key_env".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config() -> Config {
+        Config::parse(
+            r#"
+[listen]
+addr = "127.0.0.1:0"
+trusted_proxies = ["10.0.0.0/8"]
+
+[identity]
+pseudonymize = false
+
+[upstreams.app]
+url = "http://127.0.0.1:9"
+
+[[routes]]
+name = "r"
+path = "/x"
+methods = ["POST"]
+upstream = "app"
+auth = "none"
+context = "body:/ctx"
+match_claims = { sub = "body:/customer" }
+rate_limit = { per = "ip", rate = "5/s" }
+"#,
+            Path::new("/nonexistent/gateway.toml"),
+        )
+        .expect("valid configuration")
+    }
+
+    fn build_errors(config: Config) -> Vec<String> {
+        match Runtime::build(config) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.into_iter().map(|e| e.key).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_valid_configuration_builds() {
+        let rt = Runtime::build(config()).map_err(|e| format!("{e:?}"));
+        let rt = rt.expect("builds");
+        let route = &rt.routes[0];
+        assert_eq!(route.methods.as_deref(), Some(&[Method::POST][..]));
+        assert_eq!(route.match_claims.len(), 1);
+        assert!(route.context.is_some() && route.rate_limit.is_some());
+        assert_eq!(rt.trusted_proxies.len(), 1);
+    }
+
+    /// Whatever `Config::parse` let through but the runtime cannot use is a
+    /// build error, never a silently dropped check.
+    #[tokio::test]
+    async fn build_fails_closed_where_the_validators_disagree() {
+        type Break = fn(&mut Config);
+        let cases: [(&str, Break); 7] = [
+            ("routes[0].rate_limit.rate", |c| {
+                if let Some(rl) = c.routes[0].rate_limit.as_mut() {
+                    rl.rate = "fast".into();
+                }
+            }),
+            ("routes[0].methods[0]", |c| {
+                c.routes[0].methods = Some(vec!["P OST".into()]);
+            }),
+            ("routes[0].upstream", |c| {
+                c.routes[0].upstream = "nope".into()
+            }),
+            ("routes[0].match_claims.sub", |c| {
+                c.routes[0]
+                    .match_claims
+                    .insert("sub".into(), "bogus".into());
+            }),
+            ("routes[0].context", |c| {
+                c.routes[0].context = Some("header:x-ctx".into());
+            }),
+            ("routes[0].issuers[0]", |c| {
+                c.routes[0].issuers = Some(vec!["ghost".into()]);
+            }),
+            ("listen.trusted_proxies[0]", |c| {
+                c.listen.trusted_proxies = vec!["nope".into()];
+            }),
+        ];
+        for (key, break_it) in cases {
+            let mut c = config();
+            break_it(&mut c);
+            assert_eq!(build_errors(c), vec![key.to_owned()], "{key}");
+        }
     }
 }

@@ -8,11 +8,13 @@
 use crate::error::Rejection;
 use crate::identity::Verified;
 use crate::pipeline::forward::full;
-use crate::pipeline::verify::{self, Denied};
+use crate::pipeline::verify::{self, invalid, Denied};
 use crate::runtime::Runtime;
 use base64::Engine;
+use http::HeaderValue;
 use http_body_util::BodyExt;
-use secrecy::ExposeSecret;
+use secrecy::zeroize::Zeroizing;
+use secrecy::{ExposeSecret, SecretSlice};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,13 +31,6 @@ fn unavailable(reason: &'static str) -> Denied {
     }
 }
 
-fn invalid(reason: &'static str) -> Denied {
-    Denied {
-        rejection: Rejection::InvalidToken,
-        reason,
-    }
-}
-
 /// `application/x-www-form-urlencoded` leaves `*-._` and alphanumerics as
 /// they are. Escaping more (e.g. `-` as `%2D`) breaks HTTP Basic credentials
 /// at the many servers that do not form-decode them (RFC 6749 §2.3.1 asks
@@ -46,8 +41,33 @@ const FORM: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'_');
 
-fn form_encode(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, FORM).to_string()
+fn form_encode(s: impl AsRef<[u8]>) -> String {
+    percent_encoding::percent_encode(s.as_ref(), FORM).to_string()
+}
+
+/// The `Authorization` value for the introspection request:
+/// `Basic base64(form(client_id) ":" form(client_secret))` (RFC 6749
+/// §2.3.1), marked sensitive so it is never logged or HPACK-indexed. Built
+/// once per runtime; the intermediate copies of the secret are sized up
+/// front (no reallocation leaves a stray copy) and zeroed on drop.
+pub fn basic_authorization(
+    client_id: &str,
+    client_secret: &SecretSlice<u8>,
+) -> Result<HeaderValue, String> {
+    let secret = client_secret.expose_secret();
+    let mut pair = Zeroizing::new(String::with_capacity(
+        3 * (client_id.len() + secret.len()) + 1,
+    ));
+    pair.extend(percent_encoding::percent_encode(client_id.as_bytes(), FORM));
+    pair.push(':');
+    pair.extend(percent_encoding::percent_encode(secret, FORM));
+    let mut line = Zeroizing::new(String::with_capacity(6 + pair.len().div_ceil(3) * 4));
+    line.push_str("Basic ");
+    base64::engine::general_purpose::STANDARD.encode_string(pair.as_bytes(), &mut line);
+    let mut value = HeaderValue::from_str(&line)
+        .map_err(|_| "the client credentials do not make a header value".to_string())?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// Verifies an opaque token with the introspection issuer, using the cache.
@@ -103,12 +123,6 @@ async fn introspect(rt: &Runtime, token: &str, now: u64) -> Result<Arc<Verified>
     let Some(cfg) = &issuer.introspection else {
         return Err(unavailable("introspection not configured"));
     };
-    let secret = String::from_utf8_lossy(cfg.client_secret.expose_secret()).into_owned();
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
-        "{}:{}",
-        form_encode(&cfg.client_id),
-        form_encode(&secret)
-    ));
     let body = format!("token={}&token_type_hint=access_token", form_encode(token));
     let request = http::Request::post(cfg.url.clone())
         .header(
@@ -116,7 +130,7 @@ async fn introspect(rt: &Runtime, token: &str, now: u64) -> Result<Arc<Verified>
             "application/x-www-form-urlencoded",
         )
         .header(http::header::ACCEPT, "application/json")
-        .header(http::header::AUTHORIZATION, format!("Basic {basic}"))
+        .header(http::header::AUTHORIZATION, cfg.authorization.clone())
         .body(full(body))
         .map_err(|_| unavailable("cannot build request"))?;
     // The whole exchange, body included, is bounded: a server that sends
@@ -147,10 +161,7 @@ async fn introspect(rt: &Runtime, token: &str, now: u64) -> Result<Arc<Verified>
         return Err(invalid("inactive token"));
     }
     let ttl = cfg.cache_ttl.as_secs().max(1);
-    let exp = match claims.get("exp") {
-        None => None,
-        Some(v) => Some(v.as_u64().ok_or_else(|| invalid("exp is not a number"))?),
-    };
+    let exp = verify::numeric(&claims, "exp")?;
     if let Some(exp) = exp {
         if now > exp.saturating_add(issuer.leeway) {
             return Err(Denied {
@@ -159,13 +170,19 @@ async fn introspect(rt: &Runtime, token: &str, now: u64) -> Result<Arc<Verified>
             });
         }
     }
-    if let Some(nbf) = claims.get("nbf").and_then(Value::as_u64) {
+    if let Some(nbf) = verify::numeric(&claims, "nbf")? {
         if now.saturating_add(issuer.leeway) < nbf {
             return Err(invalid("not yet valid (nbf)"));
         }
     }
     verify::check_audience(issuer, &claims)?;
     let cache_until = now.saturating_add(ttl);
+    // RFC 7662 makes `exp` optional. Without it the result is cached for
+    // `cache_ttl` only, and the `exp` recorded in the identity — hence the
+    // `x-authgate-token-expires` header — is that cache deadline
+    // (now + cache_ttl), not a token expiry (SPEC §6 describes the header as
+    // the token's `exp`). Omitting the header instead would need
+    // `Verified.exp` to become optional, which the pipeline does not support.
     let (exp, valid_until) = match exp {
         Some(exp) => (exp, cache_until.min(exp.saturating_add(issuer.leeway))),
         None => (cache_until, cache_until),
@@ -175,12 +192,21 @@ async fn introspect(rt: &Runtime, token: &str, now: u64) -> Result<Arc<Verified>
 
 #[cfg(test)]
 mod tests {
-    use super::form_encode;
+    use super::{basic_authorization, form_encode};
 
     #[test]
     fn form_encoding_keeps_the_unreserved_form_characters() {
         assert_eq!(form_encode("a-b.c_d*e9"), "a-b.c_d*e9");
         assert_eq!(form_encode("a b:c/d+e%"), "a%20b%3Ac%2Fd%2Be%25");
         assert_eq!(form_encode("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn basic_authorization_is_form_encoded_base64_and_sensitive() {
+        let secret = secrecy::SecretSlice::from(b"s3cr:t/+".to_vec());
+        let v = basic_authorization("my client", &secret).expect("header");
+        assert!(v.is_sensitive());
+        // base64("my%20client:s3cr%3At%2F%2B")
+        assert_eq!(v, "Basic bXklMjBjbGllbnQ6czNjciUzQXQlMkYlMkI=");
     }
 }

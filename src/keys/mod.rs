@@ -76,11 +76,6 @@ impl KeySet {
         })
     }
 
-    /// Whether a key with this `kid` exists (drives the JWKS refetch).
-    pub fn has_kid(&self, kid: &str) -> bool {
-        self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
-    }
-
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }

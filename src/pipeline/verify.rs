@@ -39,7 +39,8 @@ pub fn jwks_store_for(rt: &Runtime, token: &str) -> Option<Arc<crate::keys::jwks
     }
 }
 
-fn invalid(reason: &'static str) -> Denied {
+/// An `invalid_token` refusal (shared with introspection).
+pub(crate) fn invalid(reason: &'static str) -> Denied {
     Denied {
         rejection: Rejection::InvalidToken,
         reason,
@@ -156,16 +157,15 @@ fn verify_uncached(
         reason: "issuer has no keys yet",
     })?;
     let message = &token.as_bytes()[..h64.len() + 1 + p64.len()];
-    let verified = keys
-        .candidates(kid, alg)
-        .take(8)
-        .any(|k| k.verify(alg, message, sig));
+    // At most 8 candidates are tried; whether there was any at all picks
+    // the reason (NO_KEY triggers a JWKS refetch).
+    let mut tried = 0usize;
+    let verified = keys.candidates(kid, alg).take(8).any(|k| {
+        tried += 1;
+        k.verify(alg, message, sig)
+    });
     if !verified {
-        return Err(invalid(if keys.candidates(kid, alg).next().is_none() {
-            NO_KEY
-        } else {
-            "bad signature"
-        }));
+        return Err(invalid(if tried == 0 { NO_KEY } else { "bad signature" }));
     }
     // Signature good: now the claims.
     let exp = numeric(&claims, "exp")?.ok_or_else(|| invalid("no exp"))?;
@@ -280,7 +280,11 @@ pub fn finish(
 }
 
 /// A NumericDate claim: absent, or a non-negative number (fractions floored).
-fn numeric(claims: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, Denied> {
+/// Shared with introspection, whose `exp`/`nbf` follow the same rules.
+pub(crate) fn numeric(
+    claims: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<u64>, Denied> {
     match claims.get(name) {
         None => Ok(None),
         Some(Value::Number(n)) => {
