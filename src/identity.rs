@@ -22,9 +22,11 @@ pub struct Verified {
     pub scopes: Vec<String>,
     /// The granted scopes as the forwarded header value.
     pub scopes_header: HeaderValue,
-    /// `exp`, Unix seconds.
+    /// `exp`, Unix seconds, when the token has one (an introspection answer
+    /// may not); otherwise the end of the cached validity.
     pub exp: u64,
-    pub exp_header: HeaderValue,
+    /// `x-authgate-token-expires`: only when `exp` is the token's own.
+    pub exp_header: Option<HeaderValue>,
     /// The last second at which this result may be reused without
     /// re-verifying (exp + leeway, or earlier with `max_age`).
     pub valid_until: u64,

@@ -178,14 +178,11 @@ async fn introspect(rt: &Runtime, token: &str, now: u64) -> Result<Arc<Verified>
     verify::check_audience(issuer, &claims)?;
     let cache_until = now.saturating_add(ttl);
     // RFC 7662 makes `exp` optional. Without it the result is cached for
-    // `cache_ttl` only, and the `exp` recorded in the identity — hence the
-    // `x-authgate-token-expires` header — is that cache deadline
-    // (now + cache_ttl), not a token expiry (SPEC §6 describes the header as
-    // the token's `exp`). Omitting the header instead would need
-    // `Verified.exp` to become optional, which the pipeline does not support.
-    let (exp, valid_until) = match exp {
-        Some(exp) => (exp, cache_until.min(exp.saturating_add(issuer.leeway))),
-        None => (cache_until, cache_until),
+    // `cache_ttl` only, and no `x-authgate-token-expires` is forwarded (the
+    // header is the token's `exp`, which is unknown).
+    let valid_until = match exp {
+        Some(exp) => cache_until.min(exp.saturating_add(issuer.leeway)),
+        None => cache_until,
     };
     verify::finish(rt, idx, &claims, exp, valid_until).map(Arc::new)
 }

@@ -98,7 +98,9 @@ pub fn identity_headers(
                 names.scopes.clone(),
                 scopes.unwrap_or_else(|| v.scopes_header.clone()),
             );
-            headers.insert(names.token_expires.clone(), v.exp_header.clone());
+            if let Some(exp) = &v.exp_header {
+                headers.insert(names.token_expires.clone(), exp.clone());
+            }
             if let Some(ctx) = &v.context {
                 headers.insert(names.context.clone(), ctx.clone());
             }

@@ -196,7 +196,7 @@ fn verify_uncached(
         valid_until = valid_until.min(limit);
     }
     check_audience(issuer, &claims)?;
-    finish(rt, issuer_idx, &claims, exp, valid_until)
+    finish(rt, issuer_idx, &claims, Some(exp), valid_until)
 }
 
 /// `aud` (a string or an array) must name one of the issuer's `audiences`
@@ -226,7 +226,7 @@ pub fn finish(
     rt: &Runtime,
     issuer_idx: usize,
     claims: &Map<String, Value>,
-    exp: u64,
+    exp: Option<u64>,
     valid_until: u64,
 ) -> Result<Verified, Denied> {
     let issuer: &IssuerRt = &rt.issuers[issuer_idx];
@@ -271,8 +271,8 @@ pub fn finish(
         customer_id,
         scopes,
         scopes_header,
-        exp,
-        exp_header: HeaderValue::from(exp),
+        exp: exp.unwrap_or(valid_until),
+        exp_header: exp.map(HeaderValue::from),
         valid_until,
         context,
         claims: kept,
