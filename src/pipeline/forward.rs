@@ -48,6 +48,9 @@ where
     body.map_err(Into::into).boxed()
 }
 
+/// Largest buffer one upstream connection reads into.
+pub const UPSTREAM_READ_BUF: usize = 64 * 1024;
+
 type Io = hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>;
 
 /// The connector's future with its boxed error erased here, outside any
@@ -66,7 +69,11 @@ fn handshake(
     io: Io,
 ) -> Pin<Box<dyn std::future::Future<Output = Result<SendRequest<Body>, ()>> + Send>> {
     Box::pin(async move {
+        // Cap what one upstream read may pull in: a slow client reading a
+        // large response holds at most this much in flight (hyper's default
+        // is ~400 KiB per connection).
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(UPSTREAM_READ_BUF)
             .handshake::<Io, Body>(io)
             .await
             .map_err(drop)?;
