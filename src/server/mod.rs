@@ -285,7 +285,9 @@ pub fn reload(shared: &Arc<Shared>, path: &Path) -> Result<(), String> {
     let result = crate::cli::load_and_build(path).map_err(|e| e.to_string());
     match result {
         Ok(rt) => {
-            rt.inherit_keys(&shared.runtime.load());
+            let old = shared.runtime.load();
+            warn_start_only_changes(&old.config, &rt.config);
+            rt.inherit_keys(&old);
             shared.runtime.store(Arc::new(rt));
             crate::keys::refresh::start(shared);
             shared
@@ -305,6 +307,28 @@ pub fn reload(shared: &Arc<Shared>, path: &Path) -> Result<(), String> {
             tracing::error!(file = %path.display(), problems = %message, "reload refused; keeping the running configuration");
             Err(message)
         }
+    }
+}
+
+/// Listener settings are read at start only; say so when a reload changes them.
+fn warn_start_only_changes(old: &Config, new: &Config) {
+    let listener = |c: &Config| {
+        (
+            c.listen.addr,
+            c.listen.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone(), t.client_ca.clone())),
+            c.listen.client_ca.clone(),
+            c.admin.as_ref().map(|a| a.addr),
+            c.limits.max_connections,
+            c.limits.header_read_timeout,
+            c.limits.max_header_bytes,
+            c.limits.shutdown_grace,
+            c.log.format,
+        )
+    };
+    if listener(old) != listener(new) {
+        tracing::warn!(
+            "reload: [listen], [admin], [log] format and the listener's [limits] (max_connections, header_read_timeout, max_header_bytes for hyper's buffer, shutdown_grace) apply at the next restart; routes, issuers, upstreams, identity and the other limits are live"
+        );
     }
 }
 
