@@ -11,6 +11,7 @@ pub mod forward;
 pub mod inject;
 pub mod path;
 pub mod ratelimit;
+pub mod rewrite;
 pub mod verify;
 mod websocket;
 
@@ -380,13 +381,29 @@ async fn run(
     let mut query = parts.uri.query().map(str::to_owned);
     inject::strip_hop_by_hop(&mut parts.headers);
     inject::strip_prefixed(&mut parts.headers, &rt.identity.headers.prefix);
-    let mut body_changed = false;
+    // Body edits happen on the client's bytes (number spelling, key order
+    // and whitespace preserved); `reserialize` is the fallback when an edit
+    // cannot be made in place (e.g. a member inside an array).
+    let mut edited: Option<Vec<u8>> = None;
+    let mut reserialize = false;
+    let mut edit = |f: &dyn Fn(&[u8]) -> Option<Vec<u8>>| match edited
+        .as_deref()
+        .or(raw.as_deref())
+        .and_then(f)
+    {
+        Some(bytes) => edited = Some(bytes),
+        None => reserialize = true,
+    };
     // Redacted PII must not reach the upstream in the body either.
     if let (Some(c), Some(Locator::Body(ptr)), Some(doc)) =
         (&context, &route.context, json.as_mut())
     {
         if c.pii_redacted > 0 {
-            body_changed |= redact_body(doc, ptr);
+            for key in redact_body(doc, ptr) {
+                let at = format!("{ptr}/CustomerInfo/{}", rewrite::escape_segment(&key));
+                let redacted = format!("\"{}\"", crate::context::REDACTED);
+                edit(&|b| rewrite::replace_value(b, &at, &redacted));
+            }
         }
     }
     // strip = true: every place a token may travel is emptied, on every
@@ -416,7 +433,9 @@ async fn run(
                 }
                 Locator::Body(ptr) => {
                     if let Some(doc) = json.as_mut() {
-                        body_changed |= crate::context::remove_pointer(doc, ptr);
+                        if crate::context::remove_pointer(doc, ptr) {
+                            edit(&|b| rewrite::remove_member(b, ptr));
+                        }
                     }
                 }
             }
@@ -484,16 +503,19 @@ async fn run(
     let upstream = &rt.upstreams[route.upstream];
     parts.uri = upstream.uri_for(&path, query.as_deref())?;
     parts.version = Version::HTTP_11;
-    let body: Body = match (raw, body_changed, json) {
-        (Some(_), true, Some(doc)) => {
-            let bytes = serde_json::to_vec(&doc).map_err(|_| Rejection::BadRequest)?;
+    let rewritten = match (&json, reserialize, edited) {
+        (Some(doc), true, _) => Some(serde_json::to_vec(doc).map_err(|_| Rejection::BadRequest)?),
+        (_, _, edited) => edited,
+    };
+    let body: Body = match (rewritten, raw) {
+        (Some(bytes), _) => {
             parts
                 .headers
                 .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             forward::full(bytes)
         }
-        (Some(bytes), _, _) => forward::full(bytes),
-        (None, _, _) => streaming.map_or_else(|| forward::full(Bytes::new()), forward::boxed),
+        (None, Some(bytes)) => forward::full(bytes),
+        (None, None) => streaming.map_or_else(|| forward::full(Bytes::new()), forward::boxed),
     };
     let sent = Instant::now();
     let result = upstream
@@ -669,22 +691,23 @@ fn match_claims(
     Ok(())
 }
 
-/// Replaces PII-looking `CustomerInfo` values in the context object at `ptr`.
-fn redact_body(doc: &mut Value, ptr: &str) -> bool {
+/// Replaces PII-looking `CustomerInfo` values in the context object at
+/// `ptr`; returns the keys it redacted.
+fn redact_body(doc: &mut Value, ptr: &str) -> Vec<String> {
     let Some(Value::Object(info)) = doc
         .pointer_mut(ptr)
         .and_then(|ctx| ctx.get_mut("CustomerInfo"))
     else {
-        return false;
+        return Vec::new();
     };
-    let mut changed = false;
-    for value in info.values_mut() {
+    let mut redacted = Vec::new();
+    for (key, value) in info.iter_mut() {
         if value.as_str().is_some_and(crate::context::looks_like_pii) {
             *value = Value::from(crate::context::REDACTED);
-            changed = true;
+            redacted.push(key.clone());
         }
     }
-    changed
+    redacted
 }
 
 fn strip_cors(headers: &mut http::HeaderMap) {

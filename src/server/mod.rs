@@ -315,7 +315,10 @@ fn warn_start_only_changes(old: &Config, new: &Config) {
     let listener = |c: &Config| {
         (
             c.listen.addr,
-            c.listen.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone(), t.client_ca.clone())),
+            c.listen
+                .tls
+                .as_ref()
+                .map(|t| (t.cert.clone(), t.key.clone(), t.client_ca.clone())),
             c.listen.client_ca.clone(),
             c.admin.as_ref().map(|a| a.addr),
             c.limits.max_connections,
