@@ -128,7 +128,10 @@ pub async fn handle(
         pii_redacted: 0,
         cors_origin: None,
     };
-    let mut response = match run(&shared, &rt, conn, req, &request_id, &mut out).await {
+    // `run` is boxed: hyper keeps each connection's service-future slot
+    // allocated while the connection idles, so the slot stays small and the
+    // (large) request state lives only while a request is in flight.
+    let mut response = match Box::pin(run(&shared, &rt, conn, req, &request_id, &mut out)).await {
         Ok(r) => r,
         Err(rejection) => {
             out.error = Some(rejection.code());
@@ -853,5 +856,25 @@ mod tests {
         let ids = RequestIds::new();
         assert_ne!(ids.next(), ids.next());
         assert!(valid_request_id(ids.next().as_bytes()));
+    }
+}
+
+#[cfg(test)]
+mod size_probe {
+    use super::*;
+
+    fn future_size<F, Fut>(_: F) -> usize
+    where
+        F: Fn(Arc<Shared>, ConnInfo, Request<Incoming>) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// hyper keeps one service-future slot per connection for as long as the
+    /// connection lives; boxing `run` keeps that slot small (it was ~4 KB).
+    #[test]
+    fn the_per_connection_future_slot_stays_small() {
+        let size = future_size(handle);
+        assert!(size <= 2048, "handle future grew to {size} bytes");
     }
 }
