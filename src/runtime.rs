@@ -89,6 +89,8 @@ pub struct IssuerRt {
     pub context_claim: Option<String>,
     pub context_keys: Option<Vec<String>>,
     pub introspection: Option<Introspection>,
+    /// A fetch client trusting the issuer's own `ca` (extension), if set.
+    pub fetch_client: Option<UpstreamClient>,
 }
 
 /// RFC 7662 endpoint settings.
@@ -364,6 +366,7 @@ impl Runtime {
                         match url.parse::<http::Uri>() {
                             Ok(uri) => KeySource::Jwks(Arc::new(JwksStore::new(
                                 is.name.clone(),
+                                i,
                                 uri,
                                 is.jwks_refresh.unwrap_or(Duration::from_secs(300)),
                             ))),
@@ -404,6 +407,16 @@ impl Runtime {
                     HeaderValue::from_static("")
                 }
             };
+            let fetch_client = match &is.ca {
+                None => None,
+                Some(ca) => match forward::UpstreamClient::fetcher(Some(&config.resolve(ca))) {
+                    Ok(c) => Some(c),
+                    Err(m) => {
+                        err(k("ca"), m);
+                        None
+                    }
+                },
+            };
             issuers.push(IssuerRt {
                 name: is.name.clone(),
                 name_header,
@@ -417,6 +430,7 @@ impl Runtime {
                 context_claim: is.context_claim.clone(),
                 context_keys: is.context_keys.clone(),
                 introspection,
+                fetch_client,
             });
         }
         // Upstreams.
@@ -431,7 +445,7 @@ impl Runtime {
                 Err(m) => err(format!("upstreams.{name}"), m),
             }
         }
-        let fetch_client = match forward::UpstreamClient::fetcher() {
+        let fetch_client = match forward::UpstreamClient::fetcher(None) {
             Ok(c) => c,
             Err(m) => {
                 err("(tls)".into(), m);
@@ -653,6 +667,15 @@ impl Runtime {
             KeySource::Jwks(s) => Some(s),
             KeySource::Static(_) => None,
         })
+    }
+
+    /// The client that fetches an issuer's JWKS or introspects its tokens:
+    /// its own (trusting its `ca`) or the shared one (webpki roots).
+    pub fn fetcher(&self, issuer: usize) -> &UpstreamClient {
+        self.issuers
+            .get(issuer)
+            .and_then(|is| is.fetch_client.as_ref())
+            .unwrap_or(&self.fetch_client)
     }
 
     /// The JWK Set of the identity assertion key (empty without one).

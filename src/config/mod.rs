@@ -261,6 +261,10 @@ pub struct Issuer {
     pub client_secret_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "duration::opt::deserialize")]
     pub cache_ttl: Option<Duration>,
+    /// Extension: extra roots (PEM) for an https `jwks_url` or
+    /// `introspection_url`, on top of the webpki roots.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -944,6 +948,12 @@ fn check_jwt_issuer(
         if set {
             cx.error(&key(k), "only for kind = \"introspection\"".into());
         }
+    }
+    if is.ca.is_some() && is.jwks_url.is_none() {
+        cx.error(
+            &key("ca"),
+            "only meaningful with jwks_url (or kind = \"introspection\")".into(),
+        );
     }
     if is.context_keys.is_some() && is.context_claim.is_none() {
         cx.error(

@@ -137,7 +137,7 @@ async fn introspect(rt: &Runtime, token: &str, now: u64) -> Result<Arc<Verified>
     // headers and then stalls must not hold the request forever.
     let exchange = async {
         let response = rt
-            .fetch_client
+            .fetcher(idx)
             .send(request, TIMEOUT)
             .await
             .map_err(|_| unavailable("introspection endpoint unreachable"))?;

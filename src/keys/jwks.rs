@@ -24,6 +24,8 @@ pub const MAX_JWKS_BYTES: usize = 1 << 20;
 /// Keys fetched from `jwks_url`. `current()` is lock-free on the hot path.
 pub struct JwksStore {
     pub issuer: String,
+    /// Index of the issuer in the runtime (picks its fetch client).
+    pub issuer_index: usize,
     pub url: http::Uri,
     pub refresh: Duration,
     keys: ArcSwapOption<KeySet>,
@@ -32,9 +34,15 @@ pub struct JwksStore {
 }
 
 impl JwksStore {
-    pub fn new(issuer: String, url: http::Uri, refresh: Duration) -> JwksStore {
+    pub fn new(
+        issuer: String,
+        issuer_index: usize,
+        url: http::Uri,
+        refresh: Duration,
+    ) -> JwksStore {
         JwksStore {
             issuer,
+            issuer_index,
             url,
             refresh,
             keys: ArcSwapOption::empty(),

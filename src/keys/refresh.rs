@@ -25,7 +25,7 @@ async fn refresh_loop(store: Weak<crate::keys::jwks::JwksStore>, shared: Weak<Sh
             return;
         };
         let rt = sh.runtime.load_full();
-        let ok = s.fetch(&rt.fetch_client, &sh.metrics).await;
+        let ok = s.fetch(rt.fetcher(s.issuer_index), &sh.metrics).await;
         let wait = if ok || s.current().is_some() {
             retry = Duration::from_millis(500);
             s.refresh

@@ -277,13 +277,13 @@ impl UpstreamClient {
 
     /// A client for JWKS and introspection fetches ([`UpstreamClient::send`]):
     /// each request's URI is absolute and names its own origin.
-    pub fn fetcher() -> Result<UpstreamClient, String> {
+    pub fn fetcher(ca: Option<&Path>) -> Result<UpstreamClient, String> {
         Ok(UpstreamClient {
             name: "fetch".into(),
             scheme: Scheme::HTTP,
             authority: Authority::from_static("localhost"),
             base_path: String::new(),
-            connector: build_connector(None, Duration::from_secs(5))?,
+            connector: build_connector(ca, Duration::from_secs(5))?,
             pool: Arc::new(Pool {
                 idle: Mutex::new(Vec::new()),
                 max_idle: 0,

@@ -585,7 +585,7 @@ async fn verify_token(
         if d.reason == verify::NO_KEY {
             if let Some(store) = verify::jwks_store_for(rt, token) {
                 if store
-                    .refetch_for_unknown_kid(&rt.fetch_client, &shared.metrics)
+                    .refetch_for_unknown_kid(rt.fetcher(store.issuer_index), &shared.metrics)
                     .await
                 {
                     (result, cache) = verify::jwt(rt, token, now, allowed);

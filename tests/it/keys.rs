@@ -1407,3 +1407,131 @@ scopes = ["chat"]
     assert_eq!(gw.upstream.count(), 4);
     let _ = provider.child.start_kill();
 }
+
+// ---------------------------------------------------------------------------
+// An https JWKS behind a private CA: `ca` on the issuer (extension)
+// ---------------------------------------------------------------------------
+
+/// Serves `body` as JSON over TLS on 127.0.0.1 with a certificate signed by a
+/// fresh private CA; returns (url, CA PEM path, fetch counter).
+async fn tls_jwks_server(
+    body: String,
+    dir: &std::path::Path,
+) -> (String, std::path::PathBuf, Arc<AtomicUsize>) {
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "authgate test-only CA");
+    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("leaf params")
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .expect("leaf cert");
+    let ca_path = dir.join("idp-ca.test-only.pem");
+    std::fs::write(&ca_path, ca.pem()).expect("write ca");
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        rustls_pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).expect("key der"),
+    )
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let counter = fetches.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let body = body.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let Ok(Ok(tls)) =
+                    tokio::time::timeout(Duration::from_secs(5), acceptor.accept(stream)).await
+                else {
+                    return;
+                };
+                let svc = service_fn(move |_req: Request<Incoming>| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let body = body.clone();
+                    async move {
+                        let mut r = Response::new(Full::new(Bytes::from(body)));
+                        r.headers_mut()
+                            .insert("content-type", "application/json".parse().expect("hv"));
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (
+        format!("https://127.0.0.1:{}/jwks.json", addr.port()),
+        ca_path,
+        fetches,
+    )
+}
+
+#[tokio::test]
+async fn https_jwks_behind_a_private_ca_needs_the_issuer_ca() {
+    let keys = Keys::generate();
+    let signer = Signer::rsa(keys, "tls-kid");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, ca, fetches) = tls_jwks_server(jwk_set(&[&signer]), dir.path()).await;
+
+    // Without `ca`: the certificate is not trusted, the issuer never loads
+    // keys, and requests are 503 keys_unavailable — never a pass.
+    let gw = TestGateway::start(&jwks_toml(keys, &url, None), "").await;
+    eventually(
+        "a failed JWKS fetch is counted",
+        Duration::from_secs(15),
+        || async {
+            get(&admin_url(&gw, "/metrics"), &[])
+                .await
+                .raw
+                .contains("authgate_jwks_refresh_total{issuer=\"idp\",result=\"failure\"}")
+        },
+    )
+    .await;
+    assert_eq!(readyz(&gw).await, 503);
+    let r = get(
+        &gw.url("/api/chat/x"),
+        &[("authorization", &format!("Bearer {}", signer.token("u")))],
+    )
+    .await;
+    assert_error(&r, 503, "keys_unavailable");
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        0,
+        "no TLS handshake completed"
+    );
+    assert_eq!(gw.upstream.count(), 0);
+
+    // With `ca`: keys load over HTTPS and tokens verify.
+    let toml = jwks_toml(keys, &url, None).replace(
+        &format!("jwks_url = \"{url}\""),
+        &format!("jwks_url = \"{url}\"\nca = \"{}\"", ca.display()),
+    );
+    let gw = TestGateway::start(&toml, "").await;
+    wait_ready(&gw).await;
+    let r = get(
+        &gw.url("/api/chat/x"),
+        &[("authorization", &format!("Bearer {}", signer.token("u")))],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    assert!(fetches.load(Ordering::SeqCst) >= 1);
+}
