@@ -459,19 +459,13 @@ fn requested_scopes(v: &Value) -> Result<Vec<String>, Rejection> {
         .iter()
         .enumerate()
         .map(|(i, item)| match item.as_str() {
-            Some(s) if is_scope_token(s) => Ok(s.to_owned()),
+            Some(s) if crate::pipeline::verify::is_scope_token(s) => Ok(s.to_owned()),
             _ => Err(invalid(&format!("Auth.Scopes[{i}]"))),
         })
         .collect()
 }
 
 /// RFC 6749 §3.3: `1*( %x21 / %x23-5B / %x5D-7E )`.
-fn is_scope_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
-}
-
 /// `ExternalSessionId` / `ExternalSessionType`: forwarded as the plain string,
 /// so only visible ASCII and space, at most [`MAX_SESSION_BYTES`].
 fn session_value(v: &Value, field: &str) -> Result<HeaderValue, Rejection> {

@@ -93,6 +93,16 @@ pub fn valid_request_id(id: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._~:-".contains(b))
 }
 
+/// The request id, as text and as the header value (built once).
+#[derive(Clone, Copy)]
+struct RequestId<'a> {
+    text: &'a str,
+    header: Option<&'a HeaderValue>,
+}
+
+/// Route label for requests that matched no route (no allocation per request).
+static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("(none)"));
+
 /// What the access log and metrics need to know about a request.
 struct Outcome {
     route: Option<Arc<str>>,
@@ -131,7 +141,12 @@ pub async fn handle(
     // `run` is boxed: hyper keeps each connection's service-future slot
     // allocated while the connection idles, so the slot stays small and the
     // (large) request state lives only while a request is in flight.
-    let mut response = match Box::pin(run(&shared, &rt, conn, req, &request_id, &mut out)).await {
+    let request_id_header = HeaderValue::try_from(request_id.as_str()).ok();
+    let ids = RequestId {
+        text: &request_id,
+        header: request_id_header.as_ref(),
+    };
+    let mut response = match Box::pin(run(&shared, &rt, conn, req, ids, &mut out)).await {
         Ok(r) => r,
         Err(rejection) => {
             out.error = Some(rejection.code());
@@ -140,14 +155,14 @@ pub async fn handle(
                 .map(forward::full)
         }
     };
-    if let Ok(v) = HeaderValue::try_from(request_id.as_str()) {
+    if let Some(v) = request_id_header {
         response.headers_mut().insert(X_REQUEST_ID.clone(), v);
     }
     if let Some(origin) = out.cors_origin.take() {
         cors_actual(&rt, &mut response, origin);
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let route = out.route.clone().unwrap_or_else(|| Arc::from("(none)"));
+    let route = out.route.clone().unwrap_or_else(|| NO_ROUTE.clone());
     let label = crate::admin::metrics::Name(route.clone());
     shared
         .metrics
@@ -187,19 +202,31 @@ fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Sum of the request head's bytes, as a client would have sent them.
-fn head_size<B>(req: &Request<B>) -> usize {
+/// One pass over the request head: its size as a client would have sent it
+/// (431 beyond `max`), and no CR, LF or NUL in a header value — nothing
+/// HTTP/1.1 could not carry goes upstream, whatever the client's protocol.
+fn check_head<B>(req: &Request<B>, max: usize) -> Result<(), Rejection> {
     let uri = req.uri();
-    let line = req.method().as_str().len()
+    let mut size = req.method().as_str().len()
         + uri.path_and_query().map_or(1, |pq| pq.as_str().len())
         + uri.authority().map_or(0, |a| a.as_str().len() + 8)
-        + 12;
-    req.headers()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum::<usize>()
-        + line
-        + 2 // the blank line that ends the head
+        + 12 // version, spaces, CRLF
+        + 2; // the blank line that ends the head
+    let mut unsafe_byte = false;
+    for (k, v) in req.headers() {
+        size += k.as_str().len() + v.len() + 4;
+        unsafe_byte |= v
+            .as_bytes()
+            .iter()
+            .any(|&b| b == 0 || b == b'\r' || b == b'\n');
+    }
+    if size > max {
+        Err(Rejection::HeaderTooLarge)
+    } else if unsafe_byte {
+        Err(Rejection::BadRequest)
+    } else {
+        Ok(())
+    }
 }
 
 fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
@@ -225,21 +252,11 @@ async fn run(
     rt: &Runtime,
     conn: ConnInfo,
     mut req: Request<Incoming>,
-    request_id: &str,
+    request_id: RequestId<'_>,
     out: &mut Outcome,
 ) -> Result<Response<Body>, Rejection> {
     let limits = &rt.config.limits;
-    if head_size(&req) > limits.max_header_bytes {
-        return Err(Rejection::HeaderTooLarge);
-    }
-    // Header names/values that HTTP/1.1 could not carry never go upstream.
-    if req.headers().values().any(|v| {
-        v.as_bytes()
-            .iter()
-            .any(|&b| b == 0 || b == b'\r' || b == b'\n')
-    }) {
-        return Err(Rejection::BadRequest);
-    }
+    check_head(&req, limits.max_header_bytes)?;
     // HTTP/1.1 needs exactly one Host (RFC 9112 §3.2); HTTP/2 uses :authority.
     if req.version() == Version::HTTP_11 && req.headers().get_all(HOST).iter().count() != 1 {
         return Err(Rejection::BadRequest);
@@ -481,7 +498,7 @@ async fn run(
             .as_ref()
             .and_then(|c| serde_json::from_slice::<Value>(c.as_bytes()).ok());
         let cid = v.customer_id.to_str().unwrap_or("");
-        if let Some(jwt) = signer.sign(cid, &scopes, ctx, request_id, now_unix()) {
+        if let Some(jwt) = signer.sign(cid, &scopes, ctx, request_id.text, now_unix()) {
             if let Ok(h) = HeaderValue::try_from(jwt) {
                 parts.headers.insert(names.assertion.clone(), h);
             }
@@ -491,8 +508,8 @@ async fn run(
     if let Some(h) = host {
         parts.headers.insert(HOST, h);
     }
-    if let Ok(v) = HeaderValue::try_from(request_id) {
-        parts.headers.insert(X_REQUEST_ID.clone(), v);
+    if let Some(v) = request_id.header {
+        parts.headers.insert(X_REQUEST_ID.clone(), v.clone());
     }
     if let (true, Some(u)) = (upgrade, upgrade_value) {
         parts.headers.insert(
@@ -562,7 +579,7 @@ async fn run(
     if rt.config.cors.is_some() {
         // The gateway alone decides CORS: an upstream's reflected origin
         // must not reach an origin the configuration does not allow.
-        strip_cors(response.headers_mut());
+        inject::strip_prefixed(response.headers_mut(), "access-control-");
     }
     Ok(response)
 }
@@ -711,17 +728,6 @@ fn redact_body(doc: &mut Value, ptr: &str) -> Vec<String> {
         }
     }
     redacted
-}
-
-fn strip_cors(headers: &mut http::HeaderMap) {
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("access-control-"))
-        .cloned()
-        .collect();
-    for k in doomed {
-        headers.remove(k);
-    }
 }
 
 fn strip_cookie(headers: &mut http::HeaderMap, name: &str) {

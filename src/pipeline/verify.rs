@@ -301,7 +301,8 @@ pub(crate) fn numeric(
     }
 }
 
-fn is_scope_token(s: &str) -> bool {
+/// An RFC 6749 scope-token: visible ASCII except space, `"` and `\\`.
+pub(crate) fn is_scope_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
