@@ -301,7 +301,7 @@ pub(crate) fn numeric(
     }
 }
 
-/// An RFC 6749 scope-token: visible ASCII except space, `"` and `\\`.
+/// An RFC 6749 scope-token: visible ASCII except space, `"` and backslash.
 pub(crate) fn is_scope_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
