@@ -76,3 +76,8 @@ fn with_runtime(fut: impl std::future::Future<Output = Result<(), String>>) -> i
         }
     }
 }
+
+/// See the `jemalloc` feature in Cargo.toml.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -12,20 +12,35 @@ pub mod introspect;
 pub mod jwks;
 pub mod refresh;
 
+use aws_lc_rs::{hmac, signature};
+use base64::Engine;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, PublicKeyUse};
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind};
 use secrecy::{ExposeSecret, SecretSlice};
 use std::path::Path;
 use std::sync::Arc;
 
 /// One key able to verify signatures.
+///
+/// The key is prepared once, when it is loaded: public keys are parsed into
+/// aws-lc `EVP_PKEY`s (one per algorithm the key may verify, so an RSA
+/// key's Montgomery constants are computed once and reused), HMAC secrets
+/// into keyed HMAC states. A verification is then only the signature check
+/// itself — no DER parsing, no key copy, no allocation.
 pub struct VerifyKey {
     /// The JWK `kid`, if any (PEM keys have none).
     pub kid: Option<String>,
     /// The JWK `alg`, if any: the only algorithm this key verifies.
     pub alg: Option<Algorithm>,
     pub family: AlgorithmFamily,
-    pub key: DecodingKey,
+    prepared: Prepared,
+}
+
+enum Prepared {
+    /// HS256, HS384, HS512.
+    Hmac(Box<[hmac::Key; 3]>),
+    /// Every algorithm of the key's family that the key can verify.
+    Public(Vec<(Algorithm, signature::ParsedPublicKey)>),
 }
 
 impl std::fmt::Debug for VerifyKey {
@@ -39,17 +54,146 @@ impl std::fmt::Debug for VerifyKey {
     }
 }
 
+/// The longest signature any supported algorithm makes: RSA-8192.
+const MAX_SIGNATURE: usize = 1024;
+
 impl VerifyKey {
+    /// Prepares `key` for every algorithm of `family` it can verify (only
+    /// `alg` when the JWK names one). `None` when it can verify none of them
+    /// — an RSA key under 2048 bits, an EC key on another curve.
+    fn prepare(
+        kid: Option<String>,
+        alg: Option<Algorithm>,
+        family: AlgorithmFamily,
+        key: &DecodingKey,
+    ) -> Option<VerifyKey> {
+        let prepared = match (family, key.kind()) {
+            (AlgorithmFamily::Hmac, DecodingKeyKind::SecretOrDer(secret)) => {
+                Prepared::Hmac(Box::new([
+                    hmac::Key::new(hmac::HMAC_SHA256, secret),
+                    hmac::Key::new(hmac::HMAC_SHA384, secret),
+                    hmac::Key::new(hmac::HMAC_SHA512, secret),
+                ]))
+            }
+            (AlgorithmFamily::Hmac, _) => return None,
+            (_, kind) => {
+                let der;
+                let bytes: &[u8] = match kind {
+                    DecodingKeyKind::SecretOrDer(b) => b,
+                    DecodingKeyKind::RsaModulusExponent { n, e } => {
+                        der = rsa_public_key_der(n, e);
+                        &der
+                    }
+                };
+                let parsed: Vec<_> = family
+                    .algorithms()
+                    .iter()
+                    .filter(|a| alg.is_none_or(|only| only == **a))
+                    .filter_map(|a| {
+                        let ring_alg = public_algorithm(*a)?;
+                        signature::ParsedPublicKey::new(ring_alg, bytes)
+                            .ok()
+                            .map(|k| (*a, k))
+                    })
+                    .collect();
+                if parsed.is_empty() {
+                    return None;
+                }
+                Prepared::Public(parsed)
+            }
+        };
+        Some(VerifyKey {
+            kid,
+            alg,
+            family,
+            prepared,
+        })
+    }
+
     /// Whether this key may verify a token signed with `alg`.
     pub fn accepts(&self, alg: Algorithm) -> bool {
         self.family == alg.family() && self.alg.is_none_or(|a| a == alg)
     }
 
-    /// Verifies `signature` (base64url) over `message` with `alg`.
+    /// Verifies `signature` (base64url, no padding) over `message` with `alg`.
     pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &str) -> bool {
-        self.accepts(alg)
-            && jsonwebtoken::crypto::verify(signature, message, &self.key, alg).unwrap_or(false)
+        if !self.accepts(alg) || signature.len() > MAX_SIGNATURE.div_ceil(3) * 4 {
+            return false;
+        }
+        let mut buf = [0u8; MAX_SIGNATURE];
+        let Ok(len) = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode_slice(signature.as_bytes(), &mut buf)
+        else {
+            return false;
+        };
+        let signature = &buf[..len];
+        match &self.prepared {
+            Prepared::Hmac(keys) => {
+                let key = match alg {
+                    Algorithm::HS256 => &keys[0],
+                    Algorithm::HS384 => &keys[1],
+                    Algorithm::HS512 => &keys[2],
+                    _ => return false,
+                };
+                // Constant-time comparison.
+                hmac::verify(key, message, signature).is_ok()
+            }
+            Prepared::Public(keys) => keys
+                .iter()
+                .find(|(a, _)| *a == alg)
+                .is_some_and(|(_, k)| k.verify_sig(message, signature).is_ok()),
+        }
     }
+}
+
+/// The aws-lc algorithm that verifies a public-key JWS `alg` (RFC 7518 §3):
+/// the same choices jsonwebtoken makes, RSA limited to 2048–8192 bits.
+fn public_algorithm(alg: Algorithm) -> Option<&'static dyn signature::VerificationAlgorithm> {
+    Some(match alg {
+        Algorithm::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &signature::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &signature::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &signature::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &signature::RSA_PSS_2048_8192_SHA512,
+        Algorithm::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
+        Algorithm::ES384 => &signature::ECDSA_P384_SHA384_FIXED,
+        Algorithm::EdDSA => &signature::ED25519,
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => return None,
+    })
+}
+
+/// DER `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`
+/// (RFC 8017 A.1.1) from a JWK's big-endian `n` and `e`.
+fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
+    fn len(out: &mut Vec<u8>, len: usize) {
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes = len.to_be_bytes();
+            let skip = bytes.iter().take_while(|b| **b == 0).count();
+            out.push(0x80 | (bytes.len() - skip) as u8);
+            out.extend_from_slice(&bytes[skip..]);
+        }
+    }
+    fn integer(out: &mut Vec<u8>, v: &[u8]) {
+        let v = &v[v.iter().take_while(|b| **b == 0).count()..];
+        let pad = v.first().is_none_or(|b| b & 0x80 != 0);
+        out.push(0x02);
+        len(out, v.len() + usize::from(pad));
+        if pad {
+            out.push(0);
+        }
+        out.extend_from_slice(v);
+    }
+    let mut body = Vec::with_capacity(n.len() + e.len() + 16);
+    integer(&mut body, n);
+    integer(&mut body, e);
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.push(0x30);
+    len(&mut out, body.len());
+    out.extend_from_slice(&body);
+    out
 }
 
 /// The keys of one issuer at one moment. Immutable; replaced whole.
@@ -112,11 +256,9 @@ pub fn parse_public_pem(pem: &[u8]) -> Result<VerifyKey, String> {
     ];
     for (family, parse) in attempts {
         if let Ok(key) = parse(pem) {
-            return Ok(VerifyKey {
-                kid: None,
-                alg: None,
-                family,
-                key,
+            return VerifyKey::prepare(None, None, family, &key).ok_or_else(|| match family {
+                AlgorithmFamily::Rsa => "RSA key too small or too large (2048 to 8192 bits)".into(),
+                _ => "public key cannot verify any supported algorithm".into(),
             });
         }
     }
@@ -152,12 +294,9 @@ pub fn parse_jwks(bytes: &[u8]) -> Result<Vec<VerifyKey>, String> {
         let Ok(key) = DecodingKey::from_jwk(jwk) else {
             continue;
         };
-        keys.push(VerifyKey {
-            kid: jwk.common.key_id.clone(),
-            alg,
-            family,
-            key,
-        });
+        if let Some(key) = VerifyKey::prepare(jwk.common.key_id.clone(), alg, family, &key) {
+            keys.push(key);
+        }
     }
     if keys.is_empty() {
         return Err("no usable signing key in the set".into());
@@ -168,12 +307,14 @@ pub fn parse_jwks(bytes: &[u8]) -> Result<Vec<VerifyKey>, String> {
 /// The key set made of an HMAC secret.
 pub fn hmac_keyset(secret: &SecretSlice<u8>) -> KeySet {
     KeySet {
-        keys: vec![VerifyKey {
-            kid: None,
-            alg: None,
-            family: AlgorithmFamily::Hmac,
-            key: DecodingKey::from_secret(secret.expose_secret()),
-        }],
+        keys: VerifyKey::prepare(
+            None,
+            None,
+            AlgorithmFamily::Hmac,
+            &DecodingKey::from_secret(secret.expose_secret()),
+        )
+        .into_iter()
+        .collect(),
     }
 }
 
@@ -258,6 +399,97 @@ mod tests {
         assert_eq!(ks.candidates(Some("a"), Algorithm::ES384).count(), 0);
         assert_eq!(ks.candidates(Some("z"), Algorithm::ES256).count(), 0);
         assert_eq!(ks.candidates(None, Algorithm::HS256).count(), 0);
+    }
+
+    /// Every family through the prepared path: a good signature verifies
+    /// with its own algorithm only; a changed message, a changed or
+    /// oversized signature, another algorithm of the family and a key of the
+    /// wrong family all fail. The RSA key also goes through a JWK (`n`/`e`
+    /// re-encoded as DER), with and without a JWK `alg`.
+    #[test]
+    fn prepared_keys_verify_exactly_what_they_should() {
+        use jsonwebtoken::crypto::sign;
+        use jsonwebtoken::jwk::Jwk;
+        use jsonwebtoken::EncodingKey;
+        let msg = b"eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0";
+        let rsa = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("rsa");
+        let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("ec");
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed");
+        let rsa_enc = EncodingKey::from_rsa_pem(rsa.serialize_pem().as_bytes()).expect("rsa");
+        let ec_enc = EncodingKey::from_ec_pem(ec.serialize_pem().as_bytes()).expect("ec");
+        let ed_enc = EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes()).expect("ed");
+        let rsa_pem = parse_public_pem(rsa.public_key_pem().as_bytes()).expect("rsa pem");
+        let rsa_jwk = |alg: Option<&str>| {
+            let mut jwk = serde_json::to_value(
+                Jwk::from_encoding_key(&rsa_enc, Algorithm::RS256).expect("jwk"),
+            )
+            .expect("json");
+            match alg {
+                Some(a) => jwk["alg"] = a.into(),
+                None => drop(jwk.as_object_mut().expect("object").remove("alg")),
+            }
+            let set = serde_json::json!({ "keys": [jwk] }).to_string();
+            parse_jwks(set.as_bytes()).expect("jwks").remove(0)
+        };
+        let rsa_any = rsa_jwk(None);
+        let rsa_rs256_only = rsa_jwk(Some("RS256"));
+        let ec_pem = parse_public_pem(ec.public_key_pem().as_bytes()).expect("ec pem");
+        let ed_pem = parse_public_pem(ed.public_key_pem().as_bytes()).expect("ed pem");
+        let secret: SecretSlice<u8> = b"0123456789abcdef0123456789abcdef".to_vec().into();
+        let hmac = hmac_keyset(&secret).keys.remove(0);
+
+        for (key, enc, alg, other) in [
+            (&rsa_pem, &rsa_enc, Algorithm::RS256, Some(Algorithm::PS256)),
+            (&rsa_pem, &rsa_enc, Algorithm::PS384, Some(Algorithm::RS384)),
+            (&rsa_any, &rsa_enc, Algorithm::RS512, Some(Algorithm::RS256)),
+            (&rsa_any, &rsa_enc, Algorithm::PS256, Some(Algorithm::RS256)),
+            (&rsa_rs256_only, &rsa_enc, Algorithm::RS256, None),
+            (&ec_pem, &ec_enc, Algorithm::ES256, Some(Algorithm::ES384)),
+            (&ed_pem, &ed_enc, Algorithm::EdDSA, None),
+        ] {
+            let sig = sign(msg, enc, alg).expect("sign");
+            assert!(key.verify(alg, msg, &sig), "{alg:?}");
+            assert!(!key.verify(alg, b"other message", &sig), "{alg:?}");
+            let mut bad = sig.clone().into_bytes();
+            bad[5] = if bad[5] == b'A' { b'B' } else { b'A' };
+            assert!(!key.verify(alg, msg, std::str::from_utf8(&bad).expect("ascii")));
+            assert!(!key.verify(alg, msg, &"A".repeat(2000)), "oversized");
+            assert!(!key.verify(alg, msg, "not base64!"), "garbage");
+            if let Some(other) = other {
+                assert!(!key.verify(other, msg, &sig), "{alg:?} as {other:?}");
+            }
+            assert!(!hmac.verify(alg, msg, &sig), "HMAC key for {alg:?}");
+        }
+        let sig = sign(msg, &rsa_enc, Algorithm::RS384).expect("sign");
+        assert!(
+            !rsa_rs256_only.verify(Algorithm::RS384, msg, &sig),
+            "JWK alg binds"
+        );
+        assert!(rsa_any.verify(Algorithm::RS384, msg, &sig));
+
+        let hs_enc = EncodingKey::from_secret(secret.expose_secret());
+        for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
+            let sig = sign(msg, &hs_enc, alg).expect("sign");
+            assert!(hmac.verify(alg, msg, &sig), "{alg:?}");
+            assert!(!hmac.verify(alg, b"x", &sig), "{alg:?}");
+            assert!(!rsa_pem.verify(alg, msg, &sig), "RSA key for {alg:?}");
+        }
+        let hs256 = sign(msg, &hs_enc, Algorithm::HS256).expect("sign");
+        assert!(!hmac.verify(Algorithm::HS512, msg, &hs256));
+    }
+
+    #[test]
+    fn rsa_der_from_jwk_components() {
+        // n with the high bit set gets a leading zero; e = 65537.
+        let der = rsa_public_key_der(&[0x00, 0x80, 0x01], &[0x01, 0x00, 0x01]);
+        assert_eq!(
+            der,
+            [0x30, 0x0a, 0x02, 0x03, 0x00, 0x80, 0x01, 0x02, 0x03, 0x01, 0x00, 0x01]
+        );
+        // Long-form length for a 2048-bit modulus.
+        let der = rsa_public_key_der(&[0xff; 256], &[3]);
+        assert_eq!(&der[..4], &[0x30, 0x82, 0x01, 0x08]);
+        assert_eq!(&der[4..8], &[0x02, 0x82, 0x01, 0x01]);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Listeners: the accept loop (connection cap, TLS with ALPN, HTTP/1.1 and
-//! HTTP/2 by the same builder), the admin listener, signals (SIGHUP reload,
+//! Listeners: the accept loop (connection cap, TLS with ALPN, HTTP/1.1 or
+//! HTTP/2 per connection), the admin listener, signals (SIGHUP reload,
 //! SIGTERM/SIGINT drain) and graceful shutdown.
 //!
 //! hyper's `header_read_timeout` only works with a timer installed, so every
@@ -11,18 +11,19 @@ mod tls;
 use crate::config::Config;
 use crate::pipeline::{self, ConnInfo, Shared};
 use crate::runtime::Runtime;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 
 /// A gateway whose listeners are bound, ready to serve.
 pub struct Gateway {
@@ -92,9 +93,11 @@ impl Gateway {
         } = self;
         let admin_task = admin.map(|l| tokio::spawn(serve_admin(l, shared.clone())));
         let limits = shared.runtime.load().config.limits.clone();
-        let builder = Arc::new(http_builder(&limits));
+        let http = Arc::new(Http::new(&limits));
         let permits = Arc::new(Semaphore::new(limits.max_connections));
-        let graceful = GracefulShutdown::new();
+        // Graceful shutdown: every connection holds a receiver; a send asks
+        // them to finish, and `closed()` resolves when the last one is gone.
+        let (drain_tx, drain_rx) = watch::channel(false);
         let tls = tls.map(Arc::new);
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
@@ -116,26 +119,15 @@ impl Gateway {
             };
             let _ = stream.set_nodelay(true);
             let shared = shared.clone();
-            let builder = builder.clone();
-            let watcher = graceful.watcher();
+            let http = http.clone();
+            let drain = drain_rx.clone();
             let tls = tls.clone();
-            let handshake_timeout = limits.header_read_timeout;
             tokio::spawn(async move {
                 // The connection slot lives as long as the connection — and,
                 // after an upgrade, as long as its WebSocket tunnel.
                 let slot = Arc::new(permit);
                 shared.metrics.open_connections.inc();
-                serve_connection(
-                    stream,
-                    peer,
-                    slot,
-                    shared.clone(),
-                    builder,
-                    watcher,
-                    tls,
-                    handshake_timeout,
-                )
-                .await;
+                serve_connection(stream, peer, slot, shared.clone(), http, drain, tls).await;
                 shared.metrics.open_connections.dec();
             });
         }
@@ -143,7 +135,9 @@ impl Gateway {
         drop(listener);
         tracing::info!("draining: no longer accepting connections");
         let grace = shared.runtime.load().config.limits.shutdown_grace;
-        if tokio::time::timeout(grace, graceful.shutdown())
+        let _ = drain_tx.send(true);
+        drop(drain_rx);
+        if tokio::time::timeout(grace, drain_tx.closed())
             .await
             .is_err()
         {
@@ -155,98 +149,226 @@ impl Gateway {
     }
 }
 
-fn http_builder(limits: &crate::config::Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        // hyper's own cap is a backstop; the exact limit and the JSON 431
-        // come from the pipeline.
-        .max_buf_size((limits.max_header_bytes * 2).max(16 * 1024))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes * 2).unwrap_or(u32::MAX))
-        .max_pending_accept_reset_streams(64)
-        .max_local_error_reset_streams(256)
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20));
-    builder
+/// The HTTP/1.1 and HTTP/2 connection builders, configured once.
+///
+/// Each connection is handed to exactly one of them: over TLS by ALPN, in
+/// cleartext by peeking at its first bytes (the HTTP/2 prior-knowledge
+/// preface or not). Peeking rather than reading keeps hyper's HTTP/1 read
+/// buffer at its initial 8 KiB: a version sniffer that consumes the first
+/// bytes and replays them makes hyper's first real read find 24 bytes
+/// already buffered and double the buffer to 16 KiB, for the whole life of
+/// every keep-alive connection.
+struct Http {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    /// Deadline for the TLS handshake and the first request head.
+    first_request: Duration,
 }
 
-#[allow(clippy::too_many_arguments)]
+impl Http {
+    fn new(limits: &crate::config::Limits) -> Http {
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            // hyper's own cap is a backstop; the exact limit and the JSON 431
+            // come from the pipeline.
+            .max_buf_size((limits.max_header_bytes * 2).max(16 * 1024))
+            .keep_alive(true);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes * 2).unwrap_or(u32::MAX))
+            .max_pending_accept_reset_streams(64)
+            .max_local_error_reset_streams(256)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20));
+        Http {
+            h1,
+            h2,
+            first_request: limits.header_read_timeout,
+        }
+    }
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a cleartext connection speaks HTTP/2 with prior knowledge, from
+/// its first bytes, without consuming them. `None`: the peer closed or
+/// failed before sending enough to tell.
+async fn sniff_h2(stream: &TcpStream) -> Option<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        stream.readable().await.ok()?;
+        let n = match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => n,
+        };
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(true);
+        }
+        // A strict prefix of the preface: wait for the rest. Peeking again
+        // at once would spin on the same bytes; the caller's deadline bounds
+        // a peer that never completes it.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     slot: Arc<tokio::sync::OwnedSemaphorePermit>,
     shared: Arc<Shared>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: hyper_util::server::graceful::Watcher,
+    http: Arc<Http>,
+    drain: watch::Receiver<bool>,
     tls: Option<Arc<tokio_rustls::TlsAcceptor>>,
-    handshake_timeout: Duration,
 ) {
-    let https = tls.is_some();
+    let deadline = tokio::time::Instant::now() + http.first_request;
     let conn = ConnInfo {
         peer,
-        https,
+        https: tls.is_some(),
         slot: Some(slot),
     };
-    let first_request = Arc::new(Notify::new());
-    let seen = first_request.clone();
+    let first_request = Notify::new();
+    let seen = &first_request;
     let service = service_fn(move |req| {
         seen.notify_one();
         pipeline::handle(shared.clone(), conn.clone(), req)
     });
+    // Each connection future is boxed, and built in one expression (a named
+    // local would keep its slot in this future's frame even once moved): the
+    // task then holds only pointers, not the largest of all four protocols.
     match tls {
-        None => {
-            let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let c = watcher.watch(c.into_owned());
-            first_request_within(c, &first_request, handshake_timeout).await;
-        }
+        None => match tokio::time::timeout_at(deadline, sniff_h2(&stream)).await {
+            Ok(Some(false)) => {
+                let c = Box::pin(
+                    http.h1
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades(),
+                );
+                drive(c, &first_request, deadline, drain).await;
+            }
+            Ok(Some(true)) => {
+                let c = Box::pin(http.h2.serve_connection(TokioIo::new(stream), service));
+                drive(c, &first_request, deadline, drain).await;
+            }
+            Ok(None) => {}
+            Err(_) => {
+                tracing::debug!("no request within header_read_timeout; closing the connection")
+            }
+        },
         Some(acceptor) => {
-            let stream =
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!("TLS handshake timed out");
-                        return;
-                    }
-                };
-            let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let c = watcher.watch(c.into_owned());
-            first_request_within(c, &first_request, handshake_timeout).await;
+            let Some(stream) = tls_handshake(&acceptor, stream, deadline).await else {
+                return;
+            };
+            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                let c = Box::pin(http.h2.serve_connection(TokioIo::new(stream), service));
+                drive(c, &first_request, deadline, drain).await;
+            } else {
+                let c = Box::pin(
+                    http.h1
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades(),
+                );
+                drive(c, &first_request, deadline, drain).await;
+            }
         }
     }
 }
 
-/// Drives `connection`, dropping it (which closes the socket) if no request
-/// head has been read within `limit` of the connection's start.
+/// The TLS handshake, finished by `deadline`; the stream comes back boxed
+/// (a rustls connection is large, and the caller's future would otherwise
+/// reserve room for it for the connection's whole life).
+async fn tls_handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    deadline: tokio::time::Instant,
+) -> Option<Box<tokio_rustls::server::TlsStream<TcpStream>>> {
+    match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(stream))).await {
+        Ok(Ok(s)) => Some(Box::new(s)),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// A served connection that can be asked to finish gracefully: HTTP/1
+/// closes after the response in flight, HTTP/2 sends GOAWAY.
+trait Graceful: Future {
+    fn finish(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Graceful for http1::UpgradeableConnection<I, S>
+where
+    http1::UpgradeableConnection<I, S>: Future,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn finish(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B> Graceful for http2::Connection<I, S, TokioExecutor>
+where
+    http2::Connection<I, S, TokioExecutor>: Future,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn finish(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Drives `connection` to its end, dropping it (which closes the socket)
+/// if no request head has been read by `deadline`, and finishing it
+/// gracefully when the gateway drains.
 ///
 /// hyper's `header_read_timeout` only runs once the HTTP/1 parser is
-/// reading; before that, the auto builder waits without a deadline for the
-/// bytes that tell HTTP/1 from the HTTP/2 preface, and HTTP/2 has no head
-/// timeout at all. Without this, a client that connects and sends nothing
-/// (or a partial preface, or just the preface) holds one of
-/// `max_connections` forever: a slowloris that needs no bytes.
-async fn first_request_within<C>(connection: C, first_request: &Notify, limit: Duration)
-where
-    C: Future,
-{
-    let mut connection = std::pin::pin!(connection);
+/// reading; HTTP/2 has no head timeout at all. Without this, a client that
+/// connects and sends nothing (or a partial preface, or just the preface)
+/// holds one of `max_connections` forever: a slowloris that needs no bytes.
+async fn drive<C: Graceful>(
+    mut connection: Pin<Box<C>>,
+    first_request: &Notify,
+    deadline: tokio::time::Instant,
+    mut drain: watch::Receiver<bool>,
+) {
+    // Borrowed, not moved: the receiver must outlive the signal, since the
+    // gateway waits for every receiver to be dropped before it exits.
+    let draining = async {
+        // A closed channel means the gateway is gone: finish as well.
+        let _ = drain.wait_for(|d| *d).await;
+    };
+    let mut draining = std::pin::pin!(draining);
     tokio::select! {
-        _ = &mut connection => return,
+        _ = connection.as_mut() => return,
         () = first_request.notified() => {}
-        () = tokio::time::sleep(limit) => {
+        () = &mut draining => {
+            // Nothing was asked on this connection yet: just close it.
+            return;
+        }
+        () = tokio::time::sleep_until(deadline) => {
             tracing::debug!("no request within header_read_timeout; closing the connection");
             return;
         }
+    }
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        () = &mut draining => connection.as_mut().finish(),
     }
     let _ = connection.await;
 }

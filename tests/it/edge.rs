@@ -959,6 +959,38 @@ async fn h2_open(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// The gateway tells HTTP/2 prior knowledge from HTTP/1 by peeking at the
+/// first bytes; a preface that arrives in pieces must still be HTTP/2, and
+/// an HTTP/1 request on the next connection must still be HTTP/1.
+#[tokio::test]
+async fn h2c_preface_split_across_writes_is_still_http2() {
+    let (gw, _) = public_gateway("").await;
+    let mut s = connect(gw.addr).await;
+    s.set_nodelay(true).expect("nodelay");
+    for piece in [&H2_PREFACE[..3], &H2_PREFACE[3..15], &H2_PREFACE[15..]] {
+        within("preface piece", async {
+            s.write_all(piece).await?;
+            s.flush().await
+        })
+        .await
+        .expect("write");
+        tokio::task::yield_now().await;
+    }
+    let mut rest = h2_frame(FRAME_SETTINGS, 0, 0, &[]);
+    rest.extend(h2_request(1, "/api/public/split", &[]));
+    within("write", s.write_all(&rest)).await.expect("write");
+    assert_eq!(h2_outcome(&mut s, 1).await, H2Outcome::Response(0x88));
+    assert_eq!(gw.upstream.only().uri, "/api/public/split");
+
+    let (status, _) = raw_exchange(
+        gw.addr,
+        b"GET /api/public/h1 HTTP/1.1\r\nHost: chat.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(gw.upstream.count(), 2);
+}
+
 #[tokio::test]
 async fn h2_connection_specific_headers_are_refused_by_the_h2_layer() {
     let (gw, _) = public_gateway("").await;
