@@ -43,24 +43,59 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: std::path::PathBuf) -> i32 {
-    with_runtime(authgate::server::run(config))
+    // The runtime shape (README, Performance): by default one current-thread
+    // runtime per worker, each with its own SO_REUSEPORT listener
+    // (server::set_per_core); AUTHGATE_RUNTIME=multi-thread for tokio's
+    // work-stealing runtime instead.
+    match std::env::var("AUTHGATE_RUNTIME").as_deref() {
+        Ok("multi-thread") => with_runtime(authgate::server::run(config)),
+        Err(_) | Ok("" | "per-core") => {
+            let workers = worker_threads().unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            });
+            authgate::server::set_per_core(workers);
+            run_current_thread(authgate::server::run(config))
+        }
+        Ok(other) => {
+            eprintln!(
+                "authgate: AUTHGATE_RUNTIME={other:?}: expected `per-core` or `multi-thread`"
+            );
+            1
+        }
+    }
+}
+
+/// AUTHGATE_WORKER_THREADS=N, when set to a positive number.
+fn worker_threads() -> Option<usize> {
+    std::env::var("AUTHGATE_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
 }
 
 fn with_runtime(fut: impl std::future::Future<Output = Result<(), String>>) -> i32 {
     // AUTHGATE_WORKER_THREADS=N: N worker threads (default: one per core).
     // With 1, a current-thread runtime: no work-stealing, no cross-thread
     // wake-ups — measurably cheaper per request when pinned to one core.
-    let threads = std::env::var("AUTHGATE_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&n| n > 0);
-    let mut builder = match threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    };
-    if let Some(n) = threads.filter(|&n| n > 1) {
+    let threads = worker_threads();
+    if threads == Some(1) {
+        return run_current_thread(fut);
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
         builder.worker_threads(n);
     }
+    block_on(builder, fut)
+}
+
+fn run_current_thread(fut: impl std::future::Future<Output = Result<(), String>>) -> i32 {
+    block_on(tokio::runtime::Builder::new_current_thread(), fut)
+}
+
+fn block_on(
+    mut builder: tokio::runtime::Builder,
+    fut: impl std::future::Future<Output = Result<(), String>>,
+) -> i32 {
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -423,6 +423,56 @@ fn payload(token: &str) -> Value {
 
 // ------------------------------------------------------------ check
 
+/// Per-core workers share their port through SO_REUSEPORT; a second
+/// instance on a port already served must still fail, not share it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_on_a_served_port_fails_instead_of_sharing_it() {
+    let s = Setup::new();
+    let backend = Backend::start().await;
+    let config = s.write(&s.config(backend.addr, ""));
+    let gw = Gateway::start(&config, ENV).await;
+    let taken = s.config(backend.addr, "").replacen(
+        "addr = \"127.0.0.1:0\"",
+        &format!("addr = \"{}\"", gw.listen),
+        1,
+    );
+    let path = s.dir.path().join("second.toml");
+    std::fs::write(&path, taken).expect("write");
+    let r = tokio::task::block_in_place(|| {
+        authgate(&["run", "--config", path.to_str().expect("utf8")], ENV)
+    });
+    assert_eq!(
+        r.code,
+        Some(1),
+        "stdout: {}\nstderr: {}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(r.stderr.contains("cannot listen on"), "{}", r.stderr);
+    // The first instance still answers every request.
+    let url = gw.url("/api/public/x");
+    for _ in 0..20 {
+        assert_eq!(status_of(&url).await, Some(200));
+    }
+}
+
+#[test]
+fn an_unknown_runtime_shape_is_refused_before_anything_starts() {
+    let s = Setup::new();
+    let path = s.write(&s.config("127.0.0.1:9".parse().expect("addr"), ""));
+    let env = [ENV[0], ("AUTHGATE_RUNTIME", "fastest")];
+    let r = authgate(&["run", "--config", path.to_str().expect("utf8")], &env);
+    assert_eq!(
+        r.code,
+        Some(1),
+        "stdout: {}\nstderr: {}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(r.stderr.contains("AUTHGATE_RUNTIME"), "{}", r.stderr);
+    assert!(!r.stdout.contains("authgate serving"), "{}", r.stdout);
+}
+
 #[test]
 fn check_accepts_a_valid_file_and_summarizes_it() {
     let s = Setup::new();
@@ -1231,10 +1281,23 @@ impl Backend {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_and_exits_0() {
+    drains_in_flight_requests_and_exits_0(ENV).await;
+}
+
+/// The default runs one current-thread runtime per worker (here 2, each
+/// with its own SO_REUSEPORT listener: "the listener to close" means all of
+/// them); the work-stealing runtime, still selectable, must drain the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_multi_thread_runtime_drains_like_the_default() {
+    let env = [ENV[0], ("AUTHGATE_RUNTIME", "multi-thread")];
+    drains_in_flight_requests_and_exits_0(&env).await;
+}
+
+async fn drains_in_flight_requests_and_exits_0(env: &[(&str, &str)]) {
     let s = Setup::new();
     let backend = Backend::start().await;
     let config = s.write(&s.config(backend.addr, ""));
-    let mut gw = Gateway::start(&config, ENV).await;
+    let mut gw = Gateway::start(&config, env).await;
     let bearer = format!("Bearer {}", s.token("drain", "chat", 600));
     let load = Load::start(
         gw.url("/api/chat/load"),

@@ -142,13 +142,28 @@ pub struct UpstreamClient {
 
 /// Idle connections to one origin.
 struct Pool {
-    idle: Mutex<Vec<SendRequest<Body>>>,
+    /// One LIFO per per-core worker (just one outside per-core mode): a
+    /// worker reuses only the upstream connections whose tasks run on its
+    /// own runtime, so no request wakes another thread.
+    idle: Box<[Mutex<Vec<SendRequest<Body>>>]>,
     max_idle: usize,
 }
 
 impl Pool {
+    fn new(max_idle: usize) -> Arc<Pool> {
+        let workers = crate::server::per_core();
+        Arc::new(Pool {
+            idle: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
+            max_idle,
+        })
+    }
+
+    fn slot(&self) -> &Mutex<Vec<SendRequest<Body>>> {
+        &self.idle[crate::server::worker_index() % self.idle.len()]
+    }
+
     fn checkout(&self) -> Option<SendRequest<Body>> {
-        let mut idle = match self.idle.lock() {
+        let mut idle = match self.slot().lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
@@ -161,7 +176,7 @@ impl Pool {
     }
 
     fn put(&self, sender: SendRequest<Body>) {
-        let mut idle = match self.idle.lock() {
+        let mut idle = match self.slot().lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
@@ -268,10 +283,7 @@ impl UpstreamClient {
             authority,
             base_path: uri.path().trim_end_matches('/').to_owned(),
             connector,
-            pool: Arc::new(Pool {
-                idle: Mutex::new(Vec::new()),
-                max_idle: max_idle.clamp(1, 4096),
-            }),
+            pool: Pool::new(max_idle.clamp(1, 4096)),
         })
     }
 
@@ -284,10 +296,7 @@ impl UpstreamClient {
             authority: Authority::from_static("localhost"),
             base_path: String::new(),
             connector: build_connector(ca, Duration::from_secs(5))?,
-            pool: Arc::new(Pool {
-                idle: Mutex::new(Vec::new()),
-                max_idle: 0,
-            }),
+            pool: Pool::new(0),
         })
     }
 

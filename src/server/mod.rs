@@ -15,11 +15,12 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -29,8 +30,54 @@ use tokio::sync::{watch, Notify, Semaphore};
 pub struct Gateway {
     pub shared: Arc<Shared>,
     listener: TcpListener,
+    /// Per-core mode: one more listener on the same port (`SO_REUSEPORT`)
+    /// for each extra worker, handed to that worker's runtime.
+    extra: Vec<std::net::TcpListener>,
     admin: Option<TcpListener>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// Accept loops, each on its own current-thread runtime (see
+/// [`set_per_core`]); 1 unless per-core mode is on.
+static PER_CORE: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    /// Which per-core worker this thread is (0: the main runtime's thread).
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Per-core mode (`AUTHGATE_RUNTIME=per-core`): `n` accept loops, each with
+/// its own `SO_REUSEPORT` listener on one current-thread runtime, so a
+/// connection, its requests and its upstream connections stay on one
+/// thread: no work-stealing and no cross-thread wake-ups. The kernel spreads
+/// new connections over the listeners. Set before [`Gateway::bind`].
+pub fn set_per_core(n: usize) {
+    PER_CORE.store(n.max(1), Ordering::Relaxed);
+}
+
+/// The number of per-core workers (1 when per-core mode is off).
+pub fn per_core() -> usize {
+    PER_CORE.load(Ordering::Relaxed)
+}
+
+/// The per-core worker running on this thread (0 outside per-core mode).
+pub(crate) fn worker_index() -> usize {
+    WORKER.with(Cell::get)
+}
+
+/// A listening socket with `SO_REUSEPORT`, so that each per-core worker can
+/// have its own on the same port. Linux only shares the port between
+/// sockets of the same effective user.
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 impl Gateway {
@@ -49,9 +96,28 @@ impl Gateway {
                 .collect::<Vec<_>>()
                 .join("; ")
         })?;
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        let workers = per_core();
+        let cannot = |e: std::io::Error| format!("cannot listen on {listen}: {e}");
+        let listener = if workers > 1 {
+            if listen.port() != 0 {
+                // SO_REUSEPORT would let this instance share a port that
+                // another instance of the same user already serves. A plain
+                // bind first keeps "address in use" an error, as without it.
+                drop(std::net::TcpListener::bind(listen).map_err(cannot)?);
+            }
+            bind_reuseport(listen).map_err(cannot)?
+        } else {
+            TcpListener::bind(listen).await.map_err(cannot)?
+        };
+        let mut extra = Vec::new();
+        if workers > 1 {
+            // Port 0 resolved once: every worker listens on the same port.
+            let bound = listener.local_addr().map_err(cannot)?;
+            for _ in 1..workers {
+                let l = bind_reuseport(bound).map_err(cannot)?;
+                extra.push(l.into_std().map_err(cannot)?);
+            }
+        }
         let admin = match admin_addr {
             Some(a) => Some(
                 TcpListener::bind(a)
@@ -65,6 +131,7 @@ impl Gateway {
         Ok(Gateway {
             shared,
             listener,
+            extra,
             admin,
             tls,
         })
@@ -88,21 +155,102 @@ impl Gateway {
         let Gateway {
             shared,
             listener,
+            extra,
             admin,
             tls,
         } = self;
         let admin_task = admin.map(|l| tokio::spawn(serve_admin(l, shared.clone())));
         let limits = shared.runtime.load().config.limits.clone();
-        let http = Arc::new(Http::new(&limits));
-        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        let accept = Accept {
+            shared: shared.clone(),
+            http: Arc::new(Http::new(&limits)),
+            // One connection cap for all workers.
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            tls: tls.map(Arc::new),
+        };
         // Graceful shutdown: every connection holds a receiver; a send asks
         // them to finish, and `closed()` resolves when the last one is gone.
         let (drain_tx, drain_rx) = watch::channel(false);
-        let tls = tls.map(Arc::new);
+        // Per-core workers: `stop` ends their accept loops, `done` (after the
+        // drain) their runtimes.
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (done_tx, done_rx) = watch::channel(false);
+        for (i, listener) in extra.into_iter().enumerate() {
+            let accept = accept.clone();
+            let drain = drain_rx.clone();
+            let (mut stop, mut done) = (stop_rx.clone(), done_rx.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("authgate-worker-{}", i + 1))
+                .spawn(move || {
+                    WORKER.set(i + 1);
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot start a per-core worker");
+                            return;
+                        }
+                    };
+                    runtime.block_on(async move {
+                        match TcpListener::from_std(listener) {
+                            Ok(l) => {
+                                let stopped = async move {
+                                    let _ = stop.wait_for(|s| *s).await;
+                                };
+                                accept.run(l, drain, stopped).await;
+                            }
+                            Err(e) => tracing::error!(error = %e, "per-core worker listener"),
+                        }
+                        let _ = done.wait_for(|d| *d).await;
+                    });
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a per-core worker thread");
+            }
+        }
+        accept.run(listener, drain_rx, shutdown).await;
+        shared.draining.store(true, Ordering::SeqCst);
+        let _ = stop_tx.send(true);
+        tracing::info!("draining: no longer accepting connections");
+        let grace = shared.runtime.load().config.limits.shutdown_grace;
+        let _ = drain_tx.send(true);
+        if tokio::time::timeout(grace, drain_tx.closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown_grace elapsed with requests still in flight");
+        }
+        let _ = done_tx.send(true);
+        if let Some(t) = admin_task {
+            t.abort();
+        }
+    }
+}
+
+/// What an accept loop needs; one per worker, sharing the gateway's state.
+#[derive(Clone)]
+struct Accept {
+    shared: Arc<Shared>,
+    http: Arc<Http>,
+    permits: Arc<Semaphore>,
+    tls: Option<Arc<tokio_rustls::TlsAcceptor>>,
+}
+
+impl Accept {
+    /// Accepts connections on `listener` until `shutdown`, each served on
+    /// its own task of the current runtime, each holding a `drain` receiver.
+    async fn run(
+        &self,
+        listener: TcpListener,
+        drain: watch::Receiver<bool>,
+        shutdown: impl Future<Output = ()>,
+    ) {
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let permit = tokio::select! {
-                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                p = self.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
                 () = &mut shutdown => break,
             };
             let (stream, peer) = tokio::select! {
@@ -118,10 +266,10 @@ impl Gateway {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
-            let shared = shared.clone();
-            let http = http.clone();
-            let drain = drain_rx.clone();
-            let tls = tls.clone();
+            let shared = self.shared.clone();
+            let http = self.http.clone();
+            let drain = drain.clone();
+            let tls = self.tls.clone();
             tokio::spawn(async move {
                 // The connection slot lives as long as the connection — and,
                 // after an upgrade, as long as its WebSocket tunnel.
@@ -131,21 +279,7 @@ impl Gateway {
                 shared.metrics.open_connections.dec();
             });
         }
-        shared.draining.store(true, Ordering::SeqCst);
-        drop(listener);
-        tracing::info!("draining: no longer accepting connections");
-        let grace = shared.runtime.load().config.limits.shutdown_grace;
-        let _ = drain_tx.send(true);
-        drop(drain_rx);
-        if tokio::time::timeout(grace, drain_tx.closed())
-            .await
-            .is_err()
-        {
-            tracing::warn!("shutdown_grace elapsed with requests still in flight");
-        }
-        if let Some(t) = admin_task {
-            t.abort();
-        }
+        // Dropping the listener here closes this worker's socket at once.
     }
 }
 
