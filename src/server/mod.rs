@@ -330,8 +330,17 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Whether a cleartext connection speaks HTTP/2 with prior knowledge, from
 /// its first bytes, without consuming them. `None`: the peer closed or
 /// failed before sending enough to tell.
+///
+/// Three bytes decide: `PRI` starts only the HTTP/2 preface (RFC 9113 §3.4
+/// reserves the method), anything else is HTTP/1 — and hyper's HTTP/2
+/// server then checks the rest of the preface itself, within the caller's
+/// deadline. Only "P" or "PR" alone leave the question open (POST, PUT,
+/// PATCH, PROPFIND, …); those are peeked again with a growing pause, so a
+/// peer that stops there costs a handful of wake-ups until the deadline.
 async fn sniff_h2(stream: &TcpStream) -> Option<bool> {
-    let mut buf = [0u8; H2_PREFACE.len()];
+    const DECIDES: usize = 3;
+    let mut buf = [0u8; DECIDES];
+    let mut pause = Duration::from_millis(2);
     loop {
         stream.readable().await.ok()?;
         let n = match stream.peek(&mut buf).await {
@@ -341,13 +350,12 @@ async fn sniff_h2(stream: &TcpStream) -> Option<bool> {
         if buf[..n] != H2_PREFACE[..n] {
             return Some(false);
         }
-        if n == H2_PREFACE.len() {
+        if n == DECIDES {
             return Some(true);
         }
-        // A strict prefix of the preface: wait for the rest. Peeking again
-        // at once would spin on the same bytes; the caller's deadline bounds
-        // a peer that never completes it.
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Peeking again at once would spin on the same bytes.
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
     }
 }
 

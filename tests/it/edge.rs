@@ -1740,16 +1740,25 @@ async fn silent_connections_are_dropped_after_header_read_timeout() {
     within("partial preface", partial.write_all(b"PRI * HTTP/2.0\r\n"))
         .await
         .expect("write");
+    // One byte that could start HTTP/1 or HTTP/2: undecided until the end.
+    let mut undecided = connect(gw.addr).await;
+    within("one byte", undecided.write_all(b"P"))
+        .await
+        .expect("write");
     // A full HTTP/2 preface and SETTINGS, then no request: dropped too
     // (HTTP/2 has no header read timeout of its own).
     let mut h2_idle = h2_open(gw.addr).await;
     // (HTTP/2 may say goodbye with frames first; it must still close.)
-    let (a, b, _) = tokio::join!(
+    let (a, b, c, _) = tokio::join!(
         read_to_eof(&mut silent),
         read_to_eof(&mut partial),
+        read_to_eof(&mut undecided),
         read_to_eof(&mut h2_idle)
     );
-    assert!(a.is_empty() && b.is_empty(), "{a:?} {b:?}");
+    assert!(a.is_empty() && c.is_empty(), "{a:?} {c:?}");
+    // "PRI" already means HTTP/2 to the gateway, whose server preface
+    // (SETTINGS) may go out first; never an HTTP/1 answer.
+    assert!(!b.starts_with(b"HTTP/"), "{b:?}");
     assert_eq!(gw.upstream.count(), 0);
 }
 
