@@ -3,13 +3,14 @@
 //! The life of a request:
 //!
 //! ```text
-//!  client ──► server (accept, TLS/ALPN, limits) ──► pipeline::handle
+//!  client ──► server (a worker per core: own SO_REUSEPORT listener, accept,
+//!             HTTP/1 or HTTP/2 by peek/ALPN, TLS, limits) ──► pipeline::handle
 //!                                                    │ load one Runtime snapshot (ArcSwap)
 //!   path::normalize ──► Runtime::resolve (route) ──► read body? (only body: locators)
 //!   context::validate ──► extract::credential ──► verify::jwt / introspection (cached)
 //!   authorize (scopes, Auth.Scopes) ──► match_claims ──► rate limit
 //!   inject (strip hop-by-hop, Connection-named, prefixed, credentials; then set identity)
-//!   forward::send (pooled client, deadline) ──► response streams back (or WebSocket tunnel)
+//!   forward::forward (this worker's pool slot, deadline) ──► response streams back (or WebSocket tunnel)
 //!   any Rejection ──► error::Rejection::to_response (JSON, WWW-Authenticate)
 //!   telemetry::access_log + admin::metrics
 //! ```
@@ -18,7 +19,7 @@
 //! |---|---|
 //! | command line | [`cli`], [`token`], [`demo`] |
 //! | configuration | [`config`] → [`runtime`] (reload in [`server::reload`]) |
-//! | listeners, TLS, shutdown | [`server`] |
+//! | workers, listeners, TLS, shutdown | [`server`] |
 //! | the request path | [`pipeline`] and its stage modules |
 //! | keys, JWKS, introspection | [`keys`] |
 //! | identity, customer ids | [`identity`] |

@@ -1,6 +1,8 @@
-//! Listeners: the accept loop (connection cap, TLS with ALPN, HTTP/1.1 or
-//! HTTP/2 per connection), the admin listener, signals (SIGHUP reload,
-//! SIGTERM/SIGINT drain) and graceful shutdown.
+//! Workers and listeners: one accept loop per worker (a current-thread
+//! runtime each, its own `SO_REUSEPORT` listener; see [`set_per_core`]), the
+//! shared connection cap, TLS with ALPN, HTTP/1.1 or HTTP/2 per connection,
+//! the admin listener, signals (SIGHUP reload, SIGTERM/SIGINT drain) and
+//! graceful shutdown across all workers.
 //!
 //! hyper's `header_read_timeout` only works with a timer installed, so every
 //! builder gets `TokioTimer`; without it slow request heads would be held
@@ -46,11 +48,13 @@ thread_local! {
     static WORKER: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Per-core mode (`AUTHGATE_RUNTIME=per-core`): `n` accept loops, each with
-/// its own `SO_REUSEPORT` listener on one current-thread runtime, so a
-/// connection, its requests and its upstream connections stay on one
-/// thread: no work-stealing and no cross-thread wake-ups. The kernel spreads
-/// new connections over the listeners. Set before [`Gateway::bind`].
+/// Per-core mode (the binary's default; `AUTHGATE_RUNTIME=multi-thread`
+/// turns it off): `n` accept loops, each with its own `SO_REUSEPORT`
+/// listener on one current-thread runtime, so a connection, its requests
+/// and its upstream connections stay on one thread: no work-stealing and no
+/// cross-thread wake-ups. The kernel spreads new connections over the
+/// listeners. Set before [`Gateway::bind`]; the caller runs the gateway on
+/// a current-thread runtime, which becomes worker 0.
 pub fn set_per_core(n: usize) {
     PER_CORE.store(n.max(1), Ordering::Relaxed);
 }
