@@ -180,37 +180,18 @@ impl Gateway {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done_tx, done_rx) = watch::channel(false);
         for (i, listener) in extra.into_iter().enumerate() {
-            let accept = accept.clone();
-            let drain = drain_rx.clone();
-            let (mut stop, mut done) = (stop_rx.clone(), done_rx.clone());
-            let spawned = std::thread::Builder::new()
+            let worker = Worker {
+                index: i + 1,
+                listener,
+                accept: accept.clone(),
+                drain: drain_rx.clone(),
+                stop: stop_rx.clone(),
+                done: done_rx.clone(),
+            };
+            if let Err(e) = std::thread::Builder::new()
                 .name(format!("authgate-worker-{}", i + 1))
-                .spawn(move || {
-                    WORKER.set(i + 1);
-                    let runtime = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(r) => r,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot start a per-core worker");
-                            return;
-                        }
-                    };
-                    runtime.block_on(async move {
-                        match TcpListener::from_std(listener) {
-                            Ok(l) => {
-                                let stopped = async move {
-                                    let _ = stop.wait_for(|s| *s).await;
-                                };
-                                accept.run(l, drain, stopped).await;
-                            }
-                            Err(e) => tracing::error!(error = %e, "per-core worker listener"),
-                        }
-                        let _ = done.wait_for(|d| *d).await;
-                    });
-                });
-            if let Err(e) = spawned {
+                .spawn(move || worker.run())
+            {
                 tracing::error!(error = %e, "cannot start a per-core worker thread");
             }
         }
@@ -230,6 +211,60 @@ impl Gateway {
         if let Some(t) = admin_task {
             t.abort();
         }
+    }
+}
+
+/// A per-core worker beyond the first: its own thread, current-thread
+/// runtime and `SO_REUSEPORT` listener.
+struct Worker {
+    index: usize,
+    listener: std::net::TcpListener,
+    accept: Accept,
+    drain: watch::Receiver<bool>,
+    /// Ends the accept loop (the gateway is draining).
+    stop: watch::Receiver<bool>,
+    /// Ends the runtime, and with it this worker's connections (the drain
+    /// is over or `shutdown_grace` ran out).
+    done: watch::Receiver<bool>,
+}
+
+impl Worker {
+    fn run(self) {
+        let Worker {
+            index,
+            listener,
+            accept,
+            drain,
+            mut stop,
+            mut done,
+        } = self;
+        WORKER.set(index);
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a per-core worker");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            match TcpListener::from_std(listener) {
+                Ok(l) => {
+                    let stopped = async {
+                        let _ = stop.wait_for(|s| *s).await;
+                    };
+                    accept.run(l, drain, stopped).await;
+                }
+                Err(e) => {
+                    // The drain must not wait for a worker that never served.
+                    drop(drain);
+                    tracing::error!(error = %e, "per-core worker listener");
+                }
+            }
+            let _ = done.wait_for(|d| *d).await;
+        });
     }
 }
 
@@ -346,7 +381,7 @@ async fn sniff_h2(stream: &TcpStream) -> Option<bool> {
     let mut buf = [0u8; DECIDES];
     let mut pause = Duration::from_millis(2);
     loop {
-        stream.readable().await.ok()?;
+        // `peek` waits until there is something to see.
         let n = match stream.peek(&mut buf).await {
             Ok(0) | Err(_) => return None,
             Ok(n) => n,
@@ -384,22 +419,10 @@ async fn serve_connection(
         seen.notify_one();
         pipeline::handle(shared.clone(), conn.clone(), req)
     });
-    // Each connection future is boxed, and built in one expression (a named
-    // local would keep its slot in this future's frame even once moved): the
-    // task then holds only pointers, not the largest of all four protocols.
     match tls {
         None => match tokio::time::timeout_at(deadline, sniff_h2(&stream)).await {
-            Ok(Some(false)) => {
-                let c = Box::pin(
-                    http.h1
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades(),
-                );
-                drive(c, &first_request, deadline, drain).await;
-            }
-            Ok(Some(true)) => {
-                let c = Box::pin(http.h2.serve_connection(TokioIo::new(stream), service));
-                drive(c, &first_request, deadline, drain).await;
+            Ok(Some(h2)) => {
+                serve_io(&http, stream, h2, service, &first_request, deadline, drain).await
             }
             Ok(None) => {}
             Err(_) => {
@@ -407,21 +430,45 @@ async fn serve_connection(
             }
         },
         Some(acceptor) => {
-            let Some(stream) = tls_handshake(&acceptor, stream, deadline).await else {
-                return;
-            };
-            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                let c = Box::pin(http.h2.serve_connection(TokioIo::new(stream), service));
-                drive(c, &first_request, deadline, drain).await;
-            } else {
-                let c = Box::pin(
-                    http.h1
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades(),
-                );
-                drive(c, &first_request, deadline, drain).await;
+            if let Some(stream) = tls_handshake(&acceptor, stream, deadline).await {
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                serve_io(&http, stream, h2, service, &first_request, deadline, drain).await;
             }
         }
+    }
+}
+
+/// Serves `io` as HTTP/2 or HTTP/1 (with upgrades) until it ends.
+///
+/// The connection is boxed, and built in one expression (a named local
+/// would keep its slot in this future's frame even once moved): the
+/// connection task then holds a pointer, not room for the largest protocol.
+async fn serve_io<I, S, B>(
+    http: &Http,
+    io: I,
+    h2: bool,
+    service: S,
+    first_request: &Notify,
+    deadline: tokio::time::Instant,
+    drain: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if h2 {
+        let c = Box::pin(http.h2.serve_connection(TokioIo::new(io), service));
+        drive(c, first_request, deadline, drain).await;
+    } else {
+        let c = Box::pin(
+            http.h1
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades(),
+        );
+        drive(c, first_request, deadline, drain).await;
     }
 }
 
