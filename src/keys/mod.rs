@@ -117,16 +117,13 @@ impl VerifyKey {
 
     /// Verifies `signature` (base64url, no padding) over `message` with `alg`.
     pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &str) -> bool {
-        if !self.accepts(alg) || signature.len() > MAX_SIGNATURE.div_ceil(3) * 4 {
+        if !self.accepts(alg) {
             return false;
         }
         let mut buf = [0u8; MAX_SIGNATURE];
-        let Ok(len) = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode_slice(signature.as_bytes(), &mut buf)
-        else {
+        let Some(signature) = decode_signature(signature, &mut buf) else {
             return false;
         };
-        let signature = &buf[..len];
         match &self.prepared {
             Prepared::Hmac(keys) => {
                 let key = match alg {
@@ -144,6 +141,19 @@ impl VerifyKey {
                 .is_some_and(|(_, k)| k.verify_sig(message, signature).is_ok()),
         }
     }
+}
+
+/// A base64url (unpadded) signature decoded into `buf`, without
+/// allocating; `None` when it is not base64url or longer than any
+/// supported algorithm's signature.
+fn decode_signature<'a>(b64: &str, buf: &'a mut [u8; MAX_SIGNATURE]) -> Option<&'a [u8]> {
+    if b64.len() > MAX_SIGNATURE.div_ceil(3) * 4 {
+        return None;
+    }
+    let len = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode_slice(b64.as_bytes(), buf)
+        .ok()?;
+    Some(&buf[..len])
 }
 
 /// The aws-lc algorithm that verifies a public-key JWS `alg` (RFC 7518 §3):
@@ -476,6 +486,21 @@ mod tests {
         }
         let hs256 = sign(msg, &hs_enc, Algorithm::HS256).expect("sign");
         assert!(!hmac.verify(Algorithm::HS512, msg, &hs256));
+    }
+
+    #[test]
+    fn signatures_up_to_rsa_8192_decode_and_longer_ones_do_not() {
+        let b64 = |n: usize| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(vec![7u8; n]);
+        let mut buf = [0u8; MAX_SIGNATURE];
+        for n in [1, 64, 256, 512, 1023, MAX_SIGNATURE] {
+            assert_eq!(
+                decode_signature(&b64(n), &mut buf).map(<[u8]>::len),
+                Some(n)
+            );
+        }
+        assert_eq!(decode_signature(&b64(MAX_SIGNATURE + 1), &mut buf), None);
+        assert_eq!(decode_signature("a+b/", &mut buf), None, "not base64url");
+        assert_eq!(decode_signature("abc=", &mut buf), None, "padded");
     }
 
     #[test]
