@@ -5,14 +5,17 @@
 
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::json;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
 /// Signs assertions. No `Debug`: it holds a private key.
 pub struct AssertionSigner {
     key: EncodingKey,
-    alg: Algorithm,
+    /// `alg` and `kid`, built once.
+    header: Header,
     pub kid: String,
     pub ttl_secs: u64,
     /// The public JWK Set document, pre-rendered.
@@ -52,37 +55,87 @@ impl AssertionSigner {
             }
             other => return Err(format!("alg `{other}` is not ES256 or EdDSA")),
         };
+        let mut header = Header::new(alg);
+        header.kid = Some(kid.clone());
         Ok(AssertionSigner {
             key,
-            alg,
+            header,
             kid,
             ttl_secs,
             jwks: json!({ "keys": [jwk] }).to_string(),
         })
     }
 
-    /// Signs the assertion for one request.
+    /// Signs the assertion for one request. `ctx` is the verified context,
+    /// already compact JSON: it is embedded as it is, not parsed again.
     pub fn sign(
         &self,
         customer_id: &str,
         scopes: &str,
-        ctx: Option<Value>,
+        ctx: Option<&RawValue>,
         request_id: &str,
         now: u64,
     ) -> Option<String> {
-        let mut header = Header::new(self.alg);
-        header.kid = Some(self.kid.clone());
-        let mut claims = json!({
-            "iss": "authgate",
-            "sub": customer_id,
-            "scope": scopes,
-            "iat": now,
-            "exp": now + self.ttl_secs,
-            "jti": request_id,
-        });
-        if let (Some(ctx), Some(map)) = (ctx, claims.as_object_mut()) {
-            map.insert("ctx".into(), ctx);
+        #[derive(Serialize)]
+        struct Claims<'a> {
+            iss: &'static str,
+            sub: &'a str,
+            scope: &'a str,
+            iat: u64,
+            exp: u64,
+            jti: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            ctx: Option<&'a RawValue>,
         }
-        jsonwebtoken::encode(&header, &claims, &self.key).ok()
+        let claims = Claims {
+            iss: "authgate",
+            sub: customer_id,
+            scope: scopes,
+            iat: now,
+            exp: now + self.ttl_secs,
+            jti: request_id,
+            ctx,
+        };
+        jsonwebtoken::encode(&self.header, &claims, &self.key).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The verified context goes in as a JSON object (not a string), the
+    /// other claims as given, and no `ctx` at all without a context.
+    #[test]
+    fn claims_embed_the_context_as_json() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("a.pem");
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        std::fs::write(&path, pair.serialize_pem()).expect("write");
+        let signer = AssertionSigner::load(&path, "ES256", 60).expect("signer");
+        let payload = |jwt: &str| -> serde_json::Value {
+            let part = jwt.split('.').nth(1).expect("payload");
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .expect("base64url");
+            serde_json::from_slice(&bytes).expect("json")
+        };
+        let ctx: Box<RawValue> =
+            serde_json::from_str(r#"{"msdyn_isvip":"true","n":5}"#).expect("raw");
+        let jwt = signer
+            .sign("cid_1", "chat extra", Some(&ctx), "req-1", 1_000)
+            .expect("signed");
+        let c = payload(&jwt);
+        assert_eq!(
+            c,
+            json!({"iss": "authgate", "sub": "cid_1", "scope": "chat extra", "iat": 1000,
+                   "exp": 1060, "jti": "req-1", "ctx": {"msdyn_isvip": "true", "n": 5}})
+        );
+        let header = jsonwebtoken::decode_header(&jwt).expect("header");
+        assert_eq!(header.kid.as_deref(), Some(signer.kid.as_str()));
+        let bare = signer
+            .sign("cid_1", "", None, "req-2", 1_000)
+            .expect("signed");
+        assert!(payload(&bare).get("ctx").is_none());
     }
 }

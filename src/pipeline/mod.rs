@@ -27,6 +27,7 @@ use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -487,21 +488,20 @@ async fn run(
         }
     }
     if let (Some(signer), Identity::Authenticated(v)) = (&rt.assertion, &identity) {
+        // The effective scopes, as injected (Auth.Scopes may narrow them).
         let scopes = parts
             .headers
             .get(&names.scopes)
             .and_then(|h| h.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
+            .unwrap_or("");
         let ctx = v
             .context
             .as_ref()
-            .and_then(|c| serde_json::from_slice::<Value>(c.as_bytes()).ok());
+            .and_then(|c| serde_json::from_slice::<&RawValue>(c.as_bytes()).ok());
         let cid = v.customer_id.to_str().unwrap_or("");
-        if let Some(jwt) = signer.sign(cid, &scopes, ctx, request_id.text, now_unix()) {
-            if let Ok(h) = HeaderValue::try_from(jwt) {
-                parts.headers.insert(names.assertion.clone(), h);
-            }
+        let jwt = signer.sign(cid, scopes, ctx, request_id.text, now_unix());
+        if let Some(h) = jwt.and_then(|j| HeaderValue::try_from(j).ok()) {
+            parts.headers.insert(names.assertion.clone(), h);
         }
     }
     inject::forwarded(&mut parts.headers, conn.peer.ip(), conn.https, host.clone());
