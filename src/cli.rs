@@ -180,13 +180,8 @@ pub fn customer_id(path: &std::path::Path, namespace: Option<&str>, subject: &st
             }
         }
     };
-    match rt.customer_id(&ns, subject) {
-        Some(id) => {
-            println!("{id}");
-            0
-        }
-        None => 1,
-    }
+    println!("{}", rt.customer_id(&ns, subject));
+    0
 }
 
 /// `authgate token`.

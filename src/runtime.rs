@@ -700,14 +700,13 @@ impl Runtime {
         }
     }
 
-    /// The pseudonymized (or raw) customer id the gateway forwards for
-    /// `subject` verified by an issuer of `namespace`. Always `Some`; the
-    /// `Option` is kept for the callers in `cli.rs` and the tests.
-    pub fn customer_id(&self, namespace: &str, subject: &str) -> Option<String> {
-        Some(match &self.identity.key {
+    /// The pseudonymized (or, without an id key, raw) customer id the
+    /// gateway forwards for `subject` verified by an issuer of `namespace`.
+    pub fn customer_id(&self, namespace: &str, subject: &str) -> String {
+        match &self.identity.key {
             Some(k) => k.customer_id(namespace, subject),
             None => subject.to_owned(),
-        })
+        }
     }
 }
 

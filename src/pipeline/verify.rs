@@ -237,17 +237,18 @@ pub fn finish(
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| invalid("no customer id claim"))?;
-    let customer_id = match &rt.identity.key {
-        Some(key) => HeaderValue::try_from(key.customer_id(&issuer.namespace, subject))
-            .map_err(|_| invalid("customer id"))?,
-        None => {
-            if subject.len() > 256 || !subject.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
-                return Err(invalid("subject is not a valid header value"));
-            }
-            HeaderValue::from_str(subject)
-                .map_err(|_| invalid("subject is not a valid header value"))?
-        }
-    };
+    // A pseudonymized id always passes; a raw subject (no id key) must be
+    // a plain header value.
+    let customer_id = rt.customer_id(&issuer.namespace, subject);
+    if customer_id.len() > 256
+        || !customer_id
+            .bytes()
+            .all(|b| b == b' ' || b.is_ascii_graphic())
+    {
+        return Err(invalid("subject is not a valid header value"));
+    }
+    let customer_id = HeaderValue::try_from(customer_id)
+        .map_err(|_| invalid("subject is not a valid header value"))?;
     let scopes = scopes(claims, issuer.scope_claim.as_deref())?;
     let context = match &issuer.context_claim {
         Some(name) => match claims.get(name) {

@@ -963,7 +963,7 @@ async fn lwicontexts_forwards_only_the_configured_keys() {
     let rt = gw.shared.runtime.load();
     assert_eq!(
         up.header("x-authgate-customer-id"),
-        rt.customer_id("customers", sub).as_deref()
+        Some(rt.customer_id("customers", sub).as_str())
     );
     assert!(
         !up.raw_text().contains(sub),
@@ -1146,8 +1146,8 @@ async fn one_customer_id_across_web_mobile_and_sdk() {
 
     // The operator's tool prints exactly what the gateway forwarded.
     let rt = gw.shared.runtime.load();
-    assert_eq!(rt.customer_id("customers", sub).as_deref(), Some(ids[0]));
-    assert_eq!(rt.customer_id("partners", sub).as_deref(), Some(ids[3]));
+    assert_eq!(rt.customer_id("customers", sub), ids[0]);
+    assert_eq!(rt.customer_id("partners", sub), ids[3]);
     for (ns, id) in [("customers", ids[0]), ("partners", ids[3])] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
             .arg("customer-id")
