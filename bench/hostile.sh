@@ -38,28 +38,8 @@ SLOW_READ_KIB=${SLOW_READ_KIB:-256}
 say() { printf '[hostile %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf '\n### hostile.sh ABORTED: %s\n' "$*" >&2; exit 2; }
 
-PIDS=()
-WORK=""
-cleanup() {
-    local rc=$?
-    set +e
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-    done
-    if [[ -n "$WORK" && -d "$WORK" ]]; then
-        if [[ "$KEEP_WORK" == 1 || $rc -ne 0 ]]; then
-            say "work directory kept: $WORK"
-        else
-            rm -rf "$WORK"
-        fi
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=bench/common.sh
+source "$BENCH_DIR/common.sh"
 
 # ---------------------------------------------------------------- dependencies
 need=()
@@ -70,17 +50,7 @@ command -v nginx        >/dev/null || need+=(nginx-light)
 command -v curl         >/dev/null || need+=(curl)
 command -v openssl      >/dev/null || need+=(openssl)
 command -v $PY          >/dev/null || need+=(python3)
-if ((${#need[@]})); then
-    mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
-    say "installing from Debian: ${need[*]}"
-    SUDO=""
-    if [[ $(id -u) -ne 0 ]]; then
-        command -v sudo >/dev/null || die "need root or sudo to install: ${need[*]}"
-        SUDO=sudo
-    fi
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+install_debian "${need[@]}"
 [[ -x "$AUTHGATE" ]] || die "no authgate binary at $AUTHGATE (cargo build --release, or set AUTHGATE=)"
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -92,16 +62,7 @@ chmod 711 "$WORK"                      # nginx workers (nobody) must reach www/
 mkdir -p "$WORK/nginx" "$WORK/www/api/public"
 say "work directory: $WORK"
 
-read -r P_AG P_ADMIN P_NGINX < <($PY - <<'EOF'
-import socket
-socks = []
-for _ in range(3):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-)
+read -r P_AG P_ADMIN P_NGINX < <(free_ports 3)
 GW=http://127.0.0.1:$P_AG
 ADMIN=http://127.0.0.1:$P_ADMIN
 say "ports: authgate=$P_AG admin=$P_ADMIN nginx=$P_NGINX"
@@ -210,27 +171,17 @@ EOF
 "$AUTHGATE" check --config "$WORK/gateway.toml" > "$WORK/check.out" 2>&1 \
     || die "authgate check rejects the generated config: $(cat "$WORK/check.out")"
 
-wait_ok() { # name pid url
-    local code=""
-    for _ in $(seq 1 100); do
-        kill -0 "$2" 2>/dev/null || die "$1 exited during startup: $(tail -n 20 "$WORK/$1.log")"
-        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$3" || true)
-        [[ $code == 200 ]] && return 0
-        sleep 0.1
-    done
-    die "$1 not ready after 10 s ($3 answered '$code')"
-}
 
 say "starting nginx"
 nginx -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx.conf" -g 'daemon off;' > "$WORK/nginx.log" 2>&1 &
 NGINX_PID=$!; PIDS+=("$NGINX_PID")
-wait_ok nginx "$NGINX_PID" "http://127.0.0.1:$P_NGINX/x"
+wait_ready nginx "$NGINX_PID" "http://127.0.0.1:$P_NGINX/x"
 
 say "starting authgate"
 RUST_LOG=warn "$AUTHGATE" run --config "$WORK/gateway.toml" > "$WORK/authgate.log" 2>&1 &
 AG_PID=$!; PIDS+=("$AG_PID")
-wait_ok authgate "$AG_PID" "$GW/api/public/x"
-wait_ok authgate "$AG_PID" "$ADMIN/readyz"
+wait_ready authgate "$AG_PID" "$GW/api/public/x"
+wait_ready authgate "$AG_PID" "$ADMIN/readyz"
 
 # ---------------------------------------------------------------- helpers
 code() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" || true; }

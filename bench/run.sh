@@ -40,28 +40,8 @@ die() {
     exit 1
 }
 
-PIDS=()
-WORK=""
-cleanup() {
-    local rc=$?
-    set +e
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-    done
-    if [[ -n "$WORK" && -d "$WORK" ]]; then
-        if [[ "$KEEP_WORK" == 1 || $rc -ne 0 ]]; then
-            say "work directory kept: $WORK"
-        else
-            rm -rf "$WORK"
-        fi
-    fi
-    exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=bench/common.sh
+source "$BENCH_DIR/common.sh"
 
 # ---------------------------------------------------------------- dependencies
 PY=/usr/bin/python3
@@ -78,16 +58,7 @@ if [[ ! -x $PY ]]; then
 elif ! $PY -c 'import cryptography' 2>/dev/null; then
     need_pkgs+=(python3-cryptography)
 fi
-if ((${#need_pkgs[@]})); then
-    say "installing from Debian: ${need_pkgs[*]}"
-    SUDO=""
-    if [[ $(id -u) -ne 0 ]]; then
-        command -v sudo >/dev/null || die "need root or sudo to install: ${need_pkgs[*]}"
-        SUDO=sudo
-    fi
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
-fi
+install_debian "${need_pkgs[@]}"
 HAPROXY_VERSION=$(haproxy -v | sed -n 's/^HA-\{0,1\}Proxy version \([0-9.]*\).*/\1/p' | head -1)
 case "$HAPROXY_VERSION" in
     1.*|2.[0-5]|2.[0-5].*) die "HAProxy $HAPROXY_VERSION is too old: jwt_verify/hmac need 2.6+" ;;
@@ -120,16 +91,7 @@ say "work directory: $WORK"
 NOTES=()
 
 # ---------------------------------------------------------------- ports
-read -r P_NGINX P_HAP_PLAIN P_HAP_HS P_HAP_RS P_HAP_ES P_AG P_AG_ADMIN < <($PY - <<'EOF'
-import socket
-socks = []
-for _ in range(7):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-)
+read -r P_NGINX P_HAP_PLAIN P_HAP_HS P_HAP_RS P_HAP_ES P_AG P_AG_ADMIN < <(free_ports 7)
 say "ports: nginx=$P_NGINX haproxy=$P_HAP_PLAIN/$P_HAP_HS/$P_HAP_RS/$P_HAP_ES authgate=$P_AG admin=$P_AG_ADMIN"
 
 # ---------------------------------------------------------------- keys
@@ -382,16 +344,6 @@ EOF
     || die "authgate check rejects the generated gateway.toml" "$(cat "$WORK/check.out")" "config: $WORK/gateway.toml"
 
 # ---------------------------------------------------------------- processes
-wait_ready() { # name pid url
-    local name=$1 pid=$2 url=$3 code
-    for _ in $(seq 1 100); do
-        kill -0 "$pid" 2>/dev/null || die "$name exited during startup" "$(tail -n 20 "$WORK/$name.log" 2>/dev/null)"
-        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true)
-        [[ "$code" == 200 ]] && return 0
-        sleep 0.1
-    done
-    die "$name not ready after 10 s ($url answered '$code')" "$(tail -n 20 "$WORK/$name.log" 2>/dev/null)"
-}
 
 say "starting nginx (core $LOAD_CPU)"
 taskset -c "$LOAD_CPU" nginx -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx.conf" \
