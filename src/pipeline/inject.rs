@@ -33,30 +33,45 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Removes hop-by-hop headers and those named in `Connection`. One pass
 /// over the (usually few) headers; removals only when there is something
-/// to remove.
+/// to remove, and no allocation for the common single `Connection` value
+/// (`keep-alive` on nearly every upstream response).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            headers.remove(n);
+    let mut connection = headers.get_all(CONNECTION).iter();
+    match (connection.next(), connection.next()) {
+        (None, _) => {}
+        (Some(_), None) => {
+            if let Some(v) = headers.remove(CONNECTION) {
+                remove_named(headers, &v);
+            }
+        }
+        (Some(_), Some(_)) => {
+            let values: Vec<HeaderValue> = headers.get_all(CONNECTION).iter().cloned().collect();
+            headers.remove(CONNECTION);
+            for v in &values {
+                remove_named(headers, v);
+            }
         }
     }
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| is_hop_by_hop(k))
-        .cloned()
-        .collect();
-    for h in doomed {
-        headers.remove(h);
+    // What is left: hop-by-hop headers not named in `Connection`.
+    while let Some(name) = headers.keys().find(|k| is_hop_by_hop(k)).cloned() {
+        headers.remove(name);
+    }
+}
+
+/// Removes every header a `Connection` value names (tokens that are not
+/// header names name nothing).
+fn remove_named(headers: &mut HeaderMap, value: &HeaderValue) {
+    let Ok(v) = value.to_str() else { return };
+    for token in v.split(',') {
+        let token = token.trim();
+        if token.eq_ignore_ascii_case("keep-alive") {
+            headers.remove(KEEP_ALIVE);
+        } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            headers.remove(name);
+        }
     }
 }
 
@@ -108,27 +123,36 @@ pub fn identity_headers(
     }
 }
 
+/// The peer address as an `X-Forwarded-For` element; built once per
+/// connection (formatting an address costs more than the rest of this step).
+pub fn peer_element(peer: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(peer.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// Appends the peer to `X-Forwarded-For`, sets `-Proto` and `-Host`.
-pub fn forwarded(headers: &mut HeaderMap, peer: IpAddr, https: bool, host: Option<HeaderValue>) {
-    let peer = peer.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if headers.get_all(&X_FORWARDED_FOR).iter().count() == 1 => {
-            format!("{prev}, {peer}")
+pub fn forwarded(
+    headers: &mut HeaderMap,
+    peer: &HeaderValue,
+    https: bool,
+    host: Option<HeaderValue>,
+) {
+    let mut prev = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .peekable();
+    let xff = if prev.peek().is_none() {
+        Some(peer.clone())
+    } else {
+        let mut all = String::with_capacity(128);
+        for p in prev {
+            all.push_str(p);
+            all.push_str(", ");
         }
-        _ => {
-            let all: Vec<&str> = headers
-                .get_all(&X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            if all.is_empty() {
-                peer
-            } else {
-                format!("{}, {peer}", all.join(", "))
-            }
-        }
+        all.push_str(peer.to_str().unwrap_or("unknown"));
+        HeaderValue::try_from(all).ok()
     };
-    if let Ok(v) = HeaderValue::try_from(xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(
@@ -177,13 +201,49 @@ mod tests {
     }
 
     #[test]
+    fn upstream_keep_alive_goes_and_so_does_what_connection_names() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        let mut h = HeaderMap::new();
+        h.append(CONNECTION, HeaderValue::from_static("x-a"));
+        h.append(CONNECTION, HeaderValue::from_static("x-b, bogus name"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("x-b", HeaderValue::from_static("2"));
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-c", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-c"], "kept");
+    }
+
+    #[test]
+    fn forwarded_for_starts_with_the_peer() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_HOST, HeaderValue::from_static("spoofed"));
+        forwarded(
+            &mut h,
+            &peer_element("::1".parse().expect("ip")),
+            true,
+            None,
+        );
+        assert_eq!(h[X_FORWARDED_FOR], "::1");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+        assert!(!h.contains_key(X_FORWARDED_HOST));
+    }
+
+    #[test]
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
         forwarded(
             &mut h,
-            "127.0.0.1".parse().expect("ip"),
+            &peer_element("127.0.0.1".parse().expect("ip")),
             false,
             Some(HeaderValue::from_static("example.com")),
         );

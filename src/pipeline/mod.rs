@@ -61,6 +61,8 @@ impl Shared {
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// `peer`'s address as an `X-Forwarded-For` element (formatted once).
+    pub peer_element: HeaderValue,
     pub https: bool,
     /// The connection's `max_connections` slot; a WebSocket tunnel keeps it.
     pub slot: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
@@ -80,9 +82,21 @@ impl RequestIds {
         }
     }
 
+    /// 24 lower-case hex digits: the prefix, then the counter's low 32 bits.
     fn next(&self) -> String {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}{:08x}", self.prefix, n & 0xffff_ffff)
+        let n = self.counter.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff;
+        let mut text = [0u8; 24];
+        hex_digits(&mut text[..16], self.prefix);
+        hex_digits(&mut text[16..], n);
+        String::from_utf8_lossy(&text).into_owned()
+    }
+}
+
+/// Writes the low `dst.len()` hex digits of `v` into `dst`, most significant first.
+fn hex_digits(dst: &mut [u8], v: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, c) in dst.iter_mut().rev().enumerate() {
+        *c = HEX[((v >> (i * 4)) & 0xf) as usize];
     }
 }
 
@@ -504,7 +518,12 @@ async fn run(
             parts.headers.insert(names.assertion.clone(), h);
         }
     }
-    inject::forwarded(&mut parts.headers, conn.peer.ip(), conn.https, host.clone());
+    inject::forwarded(
+        &mut parts.headers,
+        &conn.peer_element,
+        conn.https,
+        host.clone(),
+    );
     if let Some(h) = host {
         parts.headers.insert(HOST, h);
     }
@@ -862,6 +881,12 @@ mod tests {
         let ids = RequestIds::new();
         assert_ne!(ids.next(), ids.next());
         assert!(valid_request_id(ids.next().as_bytes()));
+        let fixed = RequestIds {
+            prefix: 0x0123_4567_89ab_cdef,
+            counter: AtomicU64::new(0x1_0000_00ff),
+        };
+        assert_eq!(fixed.next(), "0123456789abcdef000000ff");
+        assert_eq!(fixed.next(), "0123456789abcdef00000100");
     }
 }
 

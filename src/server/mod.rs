@@ -410,6 +410,7 @@ async fn serve_connection(
     let deadline = tokio::time::Instant::now() + http.first_request;
     let conn = ConnInfo {
         peer,
+        peer_element: crate::pipeline::inject::peer_element(peer.ip()),
         https: tls.is_some(),
         slot: Some(slot),
     };

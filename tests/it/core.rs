@@ -487,6 +487,10 @@ async fn ambiguous_paths_are_refused_and_normalized_paths_forwarded() {
         "/api/chat/%00",
         "/api/../../etc",
         "/api/chat\\x",
+        // raw (unescaped) non-ASCII: refused whether or not the rest of the
+        // path is already normal (the fast path used to let it through)
+        "/api/chat/caf\u{e9}",
+        "/api/chat//caf\u{e9}",
     ] {
         let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n");
         let (status, text) = raw(gw.addr, req.as_bytes()).await;
