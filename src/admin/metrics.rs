@@ -8,7 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A shared label value (route names are `Arc<str>` in the runtime).
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -65,7 +65,28 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
     pub open_connections: Gauge,
+    /// Handles for recently seen request label sets, one list per worker.
+    handles: Box<[Mutex<Vec<RequestHandles>>]>,
 }
+
+/// The request counter and duration histogram of one label set: clones
+/// that share the family's metric.
+struct RequestHandles {
+    route: Arc<str>,
+    status: u16,
+    auth: &'static str,
+    error: &'static str,
+    requests: Counter,
+    duration: Histogram,
+}
+
+/// Label sets a worker keeps handles for; past this its list starts over
+/// (routes × statuses × outcomes seen by one worker are usually far fewer).
+const MAX_HANDLES: usize = 64;
+
+/// Worker lists: enough for the per-core workers of any machine this runs
+/// on; a worker index beyond it shares a list.
+const HANDLE_LISTS: usize = 64;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -135,7 +156,59 @@ impl Metrics {
             upstream_errors,
             reloads,
             open_connections,
+            handles: (0..HANDLE_LISTS).map(|_| Mutex::new(Vec::new())).collect(),
         }
+    }
+
+    /// Counts one request and observes its duration. The worker's list of
+    /// handles saves the families' lock and label hashing on every request.
+    pub fn record_request(
+        &self,
+        worker: usize,
+        route: &Arc<str>,
+        status: u16,
+        auth: &'static str,
+        error: &'static str,
+        seconds: f64,
+    ) {
+        let mut list = match self.handles[worker % HANDLE_LISTS].lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let found = list.iter().position(|h| {
+            h.status == status && h.auth == auth && h.error == error && h.route == *route
+        });
+        let h = match found {
+            Some(i) => &list[i],
+            None => {
+                if list.len() >= MAX_HANDLES {
+                    list.clear();
+                }
+                let label = Name(route.clone());
+                list.push(RequestHandles {
+                    route: route.clone(),
+                    status,
+                    auth,
+                    error,
+                    requests: self
+                        .requests
+                        .get_or_create(&RequestLabels {
+                            route: label.clone(),
+                            status,
+                            auth,
+                            error,
+                        })
+                        .clone(),
+                    duration: self
+                        .duration
+                        .get_or_create(&RouteLabels { route: label })
+                        .clone(),
+                });
+                &list[list.len() - 1]
+            }
+        };
+        h.requests.inc();
+        h.duration.observe(seconds);
     }
 
     /// The Prometheus text exposition.
@@ -178,5 +251,39 @@ mod tests {
         ] {
             assert!(text.contains(family), "{family} missing in\n{text}");
         }
+    }
+
+    #[test]
+    fn cached_handles_count_into_the_families_even_past_the_cap() {
+        let m = Metrics::new();
+        let route: Arc<str> = Arc::from("chat");
+        // the same route under another Arc (a reload) shares the metric
+        let reloaded: Arc<str> = Arc::from("chat");
+        for status in 100..(100 + MAX_HANDLES as u16 + 6) {
+            m.record_request(0, &route, status, "anonymous", "", 0.001);
+        }
+        m.record_request(0, &route, 100, "anonymous", "", 0.001);
+        m.record_request(3, &reloaded, 100, "anonymous", "", 0.001);
+        let count = |status: u16| {
+            m.requests
+                .get_or_create(&RequestLabels {
+                    route: Name(route.clone()),
+                    status,
+                    auth: "anonymous",
+                    error: "",
+                })
+                .get()
+        };
+        assert_eq!(count(100), 3);
+        assert_eq!(count(101), 1);
+        assert_eq!(count(100 + MAX_HANDLES as u16 + 5), 1);
+        let text = m.encode();
+        assert!(
+            text.contains(&format!(
+                "authgate_request_duration_seconds_count{{route=\"chat\"}} {}",
+                MAX_HANDLES + 8
+            )),
+            "{text}"
+        );
     }
 }

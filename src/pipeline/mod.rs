@@ -15,7 +15,7 @@ pub mod rewrite;
 pub mod verify;
 mod websocket;
 
-use crate::admin::metrics::{Metrics, RequestLabels, RouteLabels, UpstreamLabels};
+use crate::admin::metrics::{Metrics, UpstreamLabels};
 use crate::config::{AuthMode, Locator};
 use crate::error::Rejection;
 use crate::identity::Identity;
@@ -88,7 +88,7 @@ impl RequestIds {
         let mut text = [0u8; 24];
         hex_digits(&mut text[..16], self.prefix);
         hex_digits(&mut text[16..], n);
-        String::from_utf8_lossy(&text).into_owned()
+        String::from_utf8(text.to_vec()).unwrap_or_default()
     }
 }
 
@@ -178,22 +178,14 @@ pub async fn handle(
     }
     let elapsed = start.elapsed().as_secs_f64();
     let route = out.route.clone().unwrap_or_else(|| NO_ROUTE.clone());
-    let label = crate::admin::metrics::Name(route.clone());
-    shared
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            route: label.clone(),
-            status: response.status().as_u16(),
-            auth: out.identity.label(),
-            error: out.error.unwrap_or(""),
-        })
-        .inc();
-    shared
-        .metrics
-        .duration
-        .get_or_create(&RouteLabels { route: label })
-        .observe(elapsed);
+    shared.metrics.record_request(
+        crate::server::worker_index(),
+        &route,
+        response.status().as_u16(),
+        out.identity.label(),
+        out.error.unwrap_or(""),
+        elapsed,
+    );
     crate::telemetry::access_log(&crate::telemetry::AccessLine {
         request_id: &request_id,
         route: &route,
