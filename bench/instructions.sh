@@ -108,7 +108,8 @@ nginx -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx.conf" -g 'daem
 PIDS+=($!)
 wait_ready nginx "${PIDS[-1]}" "http://127.0.0.1:$P_NGINX/"
 
-# count NAME READY_URL URL HEADER -- COMMAND... : prints instructions per request
+# count NAME READY_URL URL HEADER -- COMMAND... : sets IR to the instructions
+# per request (not in a subshell: the process must be in PIDS for cleanup)
 count() {
     local name=$1 ready=$2 url=$3 header=$4
     shift 5
@@ -128,16 +129,19 @@ count() {
     local total
     total=$(awk '/^totals:/ {print $2; exit}' "$WORK/cg.$name.1")
     [[ -n "$total" ]] || die "$name: no callgrind dump"
-    echo $(( total / N ))
+    IR=$(( total / N ))
 }
 
 say "bare hyper proxy ($N requests under callgrind)"
-BARE_IR=$(count bare "http://127.0.0.1:$P_BARE/none/x" "http://127.0.0.1:$P_BARE/none/x" "" -- "$BARE" "127.0.0.1:$P_BARE" "127.0.0.1:$P_NGINX")
+count bare "http://127.0.0.1:$P_BARE/none/x" "http://127.0.0.1:$P_BARE/none/x" "" -- "$BARE" "127.0.0.1:$P_BARE" "127.0.0.1:$P_NGINX"
+BARE_IR=$IR
 export AUTHGATE_WORKER_THREADS=1
 say "authgate, auth = none"
-NONE_IR=$(count none "http://127.0.0.1:$P_AG/none/x" "http://127.0.0.1:$P_AG/none/x" "" -- "$AUTHGATE" run --config gateway.toml)
+count none "http://127.0.0.1:$P_AG/none/x" "http://127.0.0.1:$P_AG/none/x" "" -- "$AUTHGATE" run --config gateway.toml
+NONE_IR=$IR
 say "authgate, RS256, one token repeated"
-RS_IR=$(count rs "http://127.0.0.1:$P_AG/none/x" "http://127.0.0.1:$P_AG/rs/x" "Authorization: Bearer $TOKEN" -- "$AUTHGATE" run --config gateway.toml)
+count rs "http://127.0.0.1:$P_AG/none/x" "http://127.0.0.1:$P_AG/rs/x" "Authorization: Bearer $TOKEN" -- "$AUTHGATE" run --config gateway.toml
+RS_IR=$IR
 
 ratio() { awk -v a="$1" -v b="$BARE_IR" 'BEGIN { printf "%.2f", a / b }'; }
 printf '\n| case | instructions / request | × bare hyper proxy |\n|---|---:|---:|\n'
