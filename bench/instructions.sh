@@ -40,7 +40,10 @@ command -v openssl  >/dev/null || need_pkgs+=(openssl)
 install_debian "${need_pkgs[@]}"
 
 say "building authgate and examples/bare_proxy (release)"
-(cd "$ROOT" && cargo build --release --quiet --bin authgate --example bare_proxy) \
+# Two invocations: building an example in the same one would turn on the
+# dev-dependencies' features (tokio's test-util) in authgate's binary too.
+(cd "$ROOT" && cargo build --release --quiet --bin authgate \
+    && cargo build --release --quiet --example bare_proxy) \
     || die "cargo build failed"
 AUTHGATE=${AUTHGATE:-$ROOT/target/release/authgate}
 BARE=${BARE:-$ROOT/target/release/examples/bare_proxy}

@@ -559,6 +559,26 @@ upstream = "missing"
 }
 
 #[test]
+fn check_refuses_a_zero_send_timeout() {
+    let s = Setup::new();
+    let text = s.config("127.0.0.1:9".parse().expect("addr"), "").replace(
+        "shutdown_grace = \"20s\"",
+        "shutdown_grace = \"20s\"\nsend_timeout = \"0s\"",
+    );
+    assert!(text.contains("send_timeout"));
+    let path = s.write(&text);
+    let r = authgate(&["check", "--config", path.to_str().expect("utf8")], &[]);
+    assert_eq!(
+        r.code,
+        Some(1),
+        "stdout: {}\nstderr: {}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(r.stderr.contains("limits.send_timeout"), "{}", r.stderr);
+}
+
+#[test]
 fn check_names_an_unset_environment_variable() {
     let s = Setup::new();
     let text = s

@@ -100,6 +100,10 @@ pub struct Limits {
     pub max_connections: usize,
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_grace: Duration,
+    /// Extension: a client that accepts no response bytes for this long is
+    /// disconnected (slow readers, stalled WebSocket clients).
+    #[serde(deserialize_with = "de_duration")]
+    pub send_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -111,6 +115,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -551,6 +556,9 @@ impl Config {
         }
         if limits.request_timeout.is_zero() {
             cx.error("limits.request_timeout", "must be positive".into());
+        }
+        if limits.send_timeout.is_zero() {
+            cx.error("limits.send_timeout", "must be positive".into());
         }
         if limits.header_read_timeout.is_zero() {
             cx.error("limits.header_read_timeout", "must be positive".into());

@@ -8,6 +8,7 @@
 //! builder gets `TokioTimer`; without it slow request heads would be held
 //! forever.
 
+mod send_timeout;
 mod tls;
 
 use crate::config::Config;
@@ -17,6 +18,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use send_timeout::SendTimeout;
 use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -336,6 +338,8 @@ struct Http {
     h2: http2::Builder<TokioExecutor>,
     /// Deadline for the TLS handshake and the first request head.
     first_request: Duration,
+    /// How long a write to the client may make no progress.
+    send_timeout: Duration,
 }
 
 impl Http {
@@ -359,6 +363,7 @@ impl Http {
             h1,
             h2,
             first_request: limits.header_read_timeout,
+            send_timeout: limits.send_timeout,
         }
     }
 }
@@ -423,6 +428,7 @@ async fn serve_connection(
     match tls {
         None => match tokio::time::timeout_at(deadline, sniff_h2(&stream)).await {
             Ok(Some(h2)) => {
+                let stream = SendTimeout::new(stream, http.send_timeout);
                 serve_io(&http, stream, h2, service, &first_request, deadline, drain).await
             }
             Ok(None) => {}
@@ -431,6 +437,7 @@ async fn serve_connection(
             }
         },
         Some(acceptor) => {
+            let stream = SendTimeout::new(stream, http.send_timeout);
             if let Some(stream) = tls_handshake(&acceptor, stream, deadline).await {
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                 serve_io(&http, stream, h2, service, &first_request, deadline, drain).await;
@@ -478,9 +485,9 @@ async fn serve_io<I, S, B>(
 /// reserve room for it for the connection's whole life).
 async fn tls_handshake(
     acceptor: &tokio_rustls::TlsAcceptor,
-    stream: TcpStream,
+    stream: SendTimeout<TcpStream>,
     deadline: tokio::time::Instant,
-) -> Option<Box<tokio_rustls::server::TlsStream<TcpStream>>> {
+) -> Option<Box<tokio_rustls::server::TlsStream<SendTimeout<TcpStream>>>> {
     match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(stream))).await {
         Ok(Ok(s)) => Some(Box::new(s)),
         Ok(Err(e)) => {
@@ -646,7 +653,7 @@ fn warn_start_only_changes(old: &Config, new: &Config) {
     };
     if listener(old) != listener(new) {
         tracing::warn!(
-            "reload: [listen], [admin], [log] format and the listener's [limits] (max_connections, header_read_timeout, max_header_bytes for hyper's buffer, shutdown_grace) apply at the next restart; routes, issuers, upstreams, identity and the other limits are live"
+            "reload: [listen], [admin], [log] format and the listener's [limits] (max_connections, header_read_timeout, send_timeout, max_header_bytes for hyper's buffer, shutdown_grace) apply at the next restart; routes, issuers, upstreams, identity and the other limits are live"
         );
     }
 }

@@ -1710,6 +1710,93 @@ async fn large_chunked_upload_streams_through_a_non_reading_route() {
     assert!(*body == data, "upload arrived intact");
 }
 
+/// A response body fed by a channel.
+struct ChannelBody(tokio::sync::mpsc::Receiver<bytes::Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(http_body::Frame::data(c))))
+    }
+}
+
+/// An upstream whose every response is an endless stream of 64 KiB chunks;
+/// `aborted` is notified when the gateway stops taking them.
+async fn endless_upstream() -> (SocketAddr, Arc<Notify>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let aborted = Arc::new(Notify::new());
+    let signal = aborted.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let signal = signal.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |_req: http::Request<hyper::body::Incoming>| {
+                        let signal = signal.clone();
+                        async move {
+                            let (tx, rx) = tokio::sync::mpsc::channel(4);
+                            tokio::spawn(async move {
+                                let chunk = bytes::Bytes::from(vec![b'a'; 64 << 10]);
+                                while tx.send(chunk.clone()).await.is_ok() {}
+                                signal.notify_one();
+                            });
+                            Ok::<_, std::convert::Infallible>(http::Response::new(ChannelBody(rx)))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, aborted)
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_send_timeout() {
+    let keys = Keys::generate();
+    let (up, aborted) = endless_upstream().await;
+    let gw = TestGateway::start_with_upstream(
+        &TestGateway::default_toml(keys),
+        "send_timeout = \"1s\"",
+        Upstream::start().await,
+        &format!("http://{up}"),
+    )
+    .await;
+    let mut s = connect(gw.addr).await;
+    within(
+        "request",
+        s.write_all(b"GET /api/public/endless HTTP/1.1\r\nHost: a\r\n\r\n"),
+    )
+    .await
+    .expect("write");
+    // The client never reads: once the socket buffers are full the
+    // gateway's writes block, and after send_timeout it drops the client
+    // connection and with it the upstream exchange.
+    within(
+        "the gateway to give up on the stalled client",
+        aborted.notified(),
+    )
+    .await;
+    // Closed on our side too: what the kernel buffered, then EOF or reset
+    // (an endless response would never end on its own).
+    let got = read_to_eof(&mut s).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        &got[..got.len().min(64)]
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 7. Slowloris
 // ---------------------------------------------------------------------------
