@@ -465,7 +465,6 @@ fn requested_scopes(v: &Value) -> Result<Vec<String>, Rejection> {
         .collect()
 }
 
-/// RFC 6749 §3.3: `1*( %x21 / %x23-5B / %x5D-7E )`.
 /// `ExternalSessionId` / `ExternalSessionType`: forwarded as the plain string,
 /// so only visible ASCII and space, at most [`MAX_SESSION_BYTES`].
 fn session_value(v: &Value, field: &str) -> Result<HeaderValue, Rejection> {

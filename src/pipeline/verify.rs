@@ -302,7 +302,8 @@ pub(crate) fn numeric(
     }
 }
 
-/// An RFC 6749 scope-token: visible ASCII except space, `"` and backslash.
+/// An RFC 6749 §3.3 scope-token, `1*( %x21 / %x23-5B / %x5D-7E )`: visible
+/// ASCII except space, `"` and backslash.
 pub(crate) fn is_scope_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
