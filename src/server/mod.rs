@@ -646,6 +646,7 @@ fn warn_start_only_changes(old: &Config, new: &Config) {
             c.admin.as_ref().map(|a| a.addr),
             c.limits.max_connections,
             c.limits.header_read_timeout,
+            c.limits.send_timeout,
             c.limits.max_header_bytes,
             c.limits.shutdown_grace,
             c.log.format,
