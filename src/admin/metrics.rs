@@ -2,13 +2,14 @@
 //! bounded: route names from the configuration, status codes, error codes,
 //! issuer and upstream names — never paths or client data.
 
+use crate::server::PerWorker;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// A shared label value (route names are `Arc<str>` in the runtime).
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -66,7 +67,7 @@ pub struct Metrics {
     pub reloads: Family<ResultLabels, Counter>,
     pub open_connections: Gauge,
     /// Handles for recently seen request label sets, one list per worker.
-    handles: Box<[Mutex<Vec<RequestHandles>>]>,
+    handles: PerWorker<Vec<RequestHandles>>,
 }
 
 /// The request counter and duration histogram of one label set: clones
@@ -83,10 +84,6 @@ struct RequestHandles {
 /// Label sets a worker keeps handles for; past this its list starts over
 /// (routes × statuses × outcomes seen by one worker are usually far fewer).
 const MAX_HANDLES: usize = 64;
-
-/// Worker lists: enough for the per-core workers of any machine this runs
-/// on; a worker index beyond it shares a list.
-const HANDLE_LISTS: usize = 64;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -156,7 +153,7 @@ impl Metrics {
             upstream_errors,
             reloads,
             open_connections,
-            handles: (0..HANDLE_LISTS).map(|_| Mutex::new(Vec::new())).collect(),
+            handles: PerWorker::new(),
         }
     }
 
@@ -164,17 +161,13 @@ impl Metrics {
     /// handles saves the families' lock and label hashing on every request.
     pub fn record_request(
         &self,
-        worker: usize,
         route: &Arc<str>,
         status: u16,
         auth: &'static str,
         error: &'static str,
         seconds: f64,
     ) {
-        let mut list = match self.handles[worker % HANDLE_LISTS].lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut list = self.handles.lock();
         let found = list.iter().position(|h| {
             h.status == status && h.auth == auth && h.error == error && h.route == *route
         });
@@ -260,10 +253,10 @@ mod tests {
         // the same route under another Arc (a reload) shares the metric
         let reloaded: Arc<str> = Arc::from("chat");
         for status in 100..(100 + MAX_HANDLES as u16 + 6) {
-            m.record_request(0, &route, status, "anonymous", "", 0.001);
+            m.record_request(&route, status, "anonymous", "", 0.001);
         }
-        m.record_request(0, &route, 100, "anonymous", "", 0.001);
-        m.record_request(3, &reloaded, 100, "anonymous", "", 0.001);
+        m.record_request(&route, 100, "anonymous", "", 0.001);
+        m.record_request(&reloaded, 100, "anonymous", "", 0.001);
         let count = |status: u16| {
             m.requests
                 .get_or_create(&RequestLabels {

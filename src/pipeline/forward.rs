@@ -15,6 +15,7 @@
 
 use crate::config::{Config, Upstream};
 use crate::error::Rejection;
+use crate::server::PerWorker;
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
@@ -29,7 +30,6 @@ use rustls_pki_types::CertificateDer;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower_service::Service;
@@ -142,31 +142,23 @@ pub struct UpstreamClient {
 
 /// Idle connections to one origin.
 struct Pool {
-    /// One LIFO per per-core worker (just one outside per-core mode): a
-    /// worker reuses only the upstream connections whose tasks run on its
-    /// own runtime, so no request wakes another thread.
-    idle: Box<[Mutex<Vec<SendRequest<Body>>>]>,
+    /// One LIFO per per-core worker: a worker reuses only the upstream
+    /// connections whose tasks run on its own runtime, so no request wakes
+    /// another thread.
+    idle: PerWorker<Vec<SendRequest<Body>>>,
     max_idle: usize,
 }
 
 impl Pool {
     fn new(max_idle: usize) -> Arc<Pool> {
-        let workers = crate::server::per_core();
         Arc::new(Pool {
-            idle: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
+            idle: PerWorker::new(),
             max_idle,
         })
     }
 
-    fn slot(&self) -> &Mutex<Vec<SendRequest<Body>>> {
-        &self.idle[crate::server::worker_index() % self.idle.len()]
-    }
-
     fn checkout(&self) -> Option<SendRequest<Body>> {
-        let mut idle = match self.slot().lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut idle = self.idle.lock();
         while let Some(s) = idle.pop() {
             if s.is_ready() {
                 return Some(s);
@@ -176,10 +168,7 @@ impl Pool {
     }
 
     fn put(&self, sender: SendRequest<Body>) {
-        let mut idle = match self.slot().lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut idle = self.idle.lock();
         if idle.len() < self.max_idle {
             idle.push(sender);
         }

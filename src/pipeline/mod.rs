@@ -179,7 +179,6 @@ pub async fn handle(
     let elapsed = start.elapsed().as_secs_f64();
     let route = out.route.clone().unwrap_or_else(|| NO_ROUTE.clone());
     shared.metrics.record_request(
-        crate::server::worker_index(),
         &route,
         response.status().as_u16(),
         out.identity.label(),

@@ -67,8 +67,30 @@ pub fn per_core() -> usize {
 }
 
 /// The per-core worker running on this thread (0 outside per-core mode).
-pub(crate) fn worker_index() -> usize {
+fn worker_index() -> usize {
     WORKER.with(Cell::get)
+}
+
+/// One `Mutex<T>` per per-core worker (one in all outside per-core mode):
+/// each worker locks only its own, so the lock is never contended and the
+/// value stays with the thread that uses it.
+pub(crate) struct PerWorker<T>(Box<[std::sync::Mutex<T>]>);
+
+impl<T: Default> PerWorker<T> {
+    /// One value per worker; call after [`set_per_core`].
+    pub(crate) fn new() -> PerWorker<T> {
+        PerWorker((0..per_core()).map(|_| Default::default()).collect())
+    }
+}
+
+impl<T> PerWorker<T> {
+    /// This worker's value. A poisoned lock is taken anyway: what these
+    /// hold (idle connections, metric handles) stays valid.
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, T> {
+        self.0[worker_index() % self.0.len()]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// A listening socket with `SO_REUSEPORT`, so that each per-core worker can
