@@ -413,6 +413,19 @@ auth = "required"
 
 const ENV: &[(&str, &str)] = &[("AUTHGATE_ID_KEY", ID_KEY)];
 
+/// `authgate check --config path`, which must refuse the file (exit 1).
+fn check_refuses(path: &Path, env: &[(&str, &str)]) -> Ran {
+    let r = authgate(&["check", "--config", path.to_str().expect("utf8")], env);
+    assert_eq!(
+        r.code,
+        Some(1),
+        "stdout: {}\nstderr: {}",
+        r.stdout,
+        r.stderr
+    );
+    r
+}
+
 fn payload(token: &str) -> Value {
     let part = token.trim().split('.').nth(1).expect("three parts");
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -534,14 +547,7 @@ path = "/b"
 upstream = "missing"
 "#;
     let path = s.write(text);
-    let r = authgate(&["check", "--config", path.to_str().expect("utf8")], &[]);
-    assert_eq!(
-        r.code,
-        Some(1),
-        "stdout: {}\nstderr: {}",
-        r.stdout,
-        r.stderr
-    );
+    let r = check_refuses(&path, &[]);
     let line_of = |key: &str| -> String {
         r.stderr
             .lines()
@@ -567,14 +573,7 @@ fn check_refuses_a_zero_send_timeout() {
     );
     assert!(text.contains("send_timeout"));
     let path = s.write(&text);
-    let r = authgate(&["check", "--config", path.to_str().expect("utf8")], &[]);
-    assert_eq!(
-        r.code,
-        Some(1),
-        "stdout: {}\nstderr: {}",
-        r.stdout,
-        r.stderr
-    );
+    let r = check_refuses(&path, ENV);
     assert!(r.stderr.contains("limits.send_timeout"), "{}", r.stderr);
 }
 
@@ -585,14 +584,7 @@ fn check_names_an_unset_environment_variable() {
         .config("127.0.0.1:9".parse().expect("addr"), "")
         .replace("AUTHGATE_ID_KEY", "AUTHGATE_TEST_UNSET_KEY_VAR");
     let path = s.write(&text);
-    let r = authgate(&["check", "--config", path.to_str().expect("utf8")], &[]);
-    assert_eq!(
-        r.code,
-        Some(1),
-        "stdout: {}\nstderr: {}",
-        r.stdout,
-        r.stderr
-    );
+    let r = check_refuses(&path, &[]);
     assert!(
         r.stderr.contains("AUTHGATE_TEST_UNSET_KEY_VAR"),
         "{}",
@@ -1101,8 +1093,7 @@ async fn sighup_with_a_broken_config_keeps_serving_and_logs_what_check_prints() 
         "\n[[routes]]\nname = \"typo\"\npath = \"/api/typo\"\nupstream = \"chat\"\nscoeps = [\"x\"]\n\n[[routes]]\nname = \"orphan\"\npath = \"/api/orphan\"\nupstream = \"nowhere\"\n",
     );
     s.write(&broken);
-    let check = authgate(&["check", "--config", config.to_str().expect("utf8")], ENV);
-    assert_eq!(check.code, Some(1));
+    let check = check_refuses(&config, ENV);
     signal(gw.pid(), "-HUP");
     poll("the refused reload in the log", || async {
         reload_problems(&gw).is_some()
@@ -1124,8 +1115,7 @@ async fn sighup_with_a_broken_config_keeps_serving_and_logs_what_check_prints() 
         .config(upstream.addr, NEW_ROUTE)
         .replace("\"ec.pub.pem\"", "\"missing.pub.pem\"");
     s.write(&missing_key);
-    let check = authgate(&["check", "--config", config.to_str().expect("utf8")], ENV);
-    assert_eq!(check.code, Some(1));
+    let check = check_refuses(&config, ENV);
     signal(gw.pid(), "-HUP");
     let m = gw.admin;
     poll("the second refused reload", || async move {
@@ -1192,8 +1182,7 @@ async fn refused_reload_logs_the_line_numbers_check_prints() {
         &s.config(upstream.addr, "")
             .replace("\"ec.pub.pem\"", "\"missing.pub.pem\""),
     );
-    let check = authgate(&["check", "--config", config.to_str().expect("utf8")], ENV);
-    assert_eq!(check.code, Some(1));
+    let check = check_refuses(&config, ENV);
     signal(gw.pid(), "-HUP");
     poll("the refused reload in the log", || async {
         reload_problems(&gw).is_some()
