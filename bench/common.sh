@@ -42,6 +42,41 @@ install_debian() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 }
 
+# The upstream's answer on every path: a small JSON body.
+UPSTREAM_BODY='{"ok":true,"service":"chat"}'
+
+# nginx_conf PORT CONNECTIONS [LINE...] — the nginx.conf of the benchmark
+# upstream (state under $WORK/nginx): one worker, no access log, keep-alive
+# connections that never expire, UPSTREAM_BODY on every path, plus the
+# given lines inside its server block (extra locations).
+nginx_conf() {
+    local port=$1 conns=$2
+    shift 2
+    cat <<EOF
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+worker_rlimit_nofile $((conns + 100));
+events { worker_connections $conns; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $WORK/nginx/body;
+    proxy_temp_path $WORK/nginx/proxy;
+    fastcgi_temp_path $WORK/nginx/fastcgi;
+    uwsgi_temp_path $WORK/nginx/uwsgi;
+    scgi_temp_path $WORK/nginx/scgi;
+    server {
+        listen 127.0.0.1:$port;
+        default_type application/json;
+        location / { return 200 '$UPSTREAM_BODY\n'; }
+$(printf '        %s\n' "$@")
+    }
+}
+EOF
+}
+
 # free_ports N — N distinct free TCP ports on 127.0.0.1, space-separated.
 free_ports() {
     python3 - "$1" <<'PYEOF'

@@ -161,31 +161,14 @@ for k in hs rs es; do
 done
 
 # ---------------------------------------------------------------- configs
-NGINX_BODY='{"ok":true,"service":"chat"}'
-cat > "$WORK/nginx.conf" <<EOF
-worker_processes 1;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-worker_rlimit_nofile $NOFILE;
-events { worker_connections $(( NOFILE > 20000 ? 20000 : NOFILE - 100 )); }
-http {
-    access_log off;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-    client_body_temp_path $WORK/nginx/body;
-    proxy_temp_path $WORK/nginx/proxy;
-    server {
-        listen 127.0.0.1:$P_NGINX;
-        default_type application/json;
-        location / { return 200 '$NGINX_BODY\n'; }
-        # sanity checks only: what did the proxy forward?
-        location ~ /sanity\$ {
-            default_type text/plain;
-            return 200 "cid=[\$http_x_authgate_customer_id] iss=[\$http_x_authgate_issuer] auth=[\$http_x_authgate_auth] scopes=[\$http_x_authgate_scopes] authz=[\$http_authorization]\n";
-        }
-    }
-}
-EOF
+NGINX_BODY=$UPSTREAM_BODY
+# sanity checks only: what did the proxy forward?
+nginx_conf "$P_NGINX" $(( NOFILE > 20000 ? 20000 : NOFILE - 100 )) \
+    'location ~ /sanity$ {' \
+    '    default_type text/plain;' \
+    '    return 200 "cid=[$http_x_authgate_customer_id] iss=[$http_x_authgate_issuer] auth=[$http_x_authgate_auth] scopes=[$http_x_authgate_scopes] authz=[$http_authorization]\n";' \
+    '}' \
+    > "$WORK/nginx.conf"
 
 IDKEY_B64=$(tr -d '\n' < "$WORK/id.key" | base64 -w0)       # key bytes = file minus trailing newline
 NS_B64=$(printf '%s\0' "$NAMESPACE" | base64 -w0)
