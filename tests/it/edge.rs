@@ -1610,43 +1610,34 @@ struct CountingUpstream {
 
 async fn counting_upstream() -> CountingUpstream {
     use http_body_util::BodyExt;
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let (tx, received) = tokio::sync::watch::channel(0usize);
     let tx = Arc::new(tx);
     let body: Arc<Mutex<Vec<u8>>> = Arc::default();
     let kept = body.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
+    let addr = serve_http1(move || {
+        let tx = tx.clone();
+        let kept = kept.clone();
+        hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let tx = tx.clone();
             let kept = kept.clone();
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let tx = tx.clone();
-                        let kept = kept.clone();
-                        async move {
-                            let mut body = req.into_body();
-                            let mut n = 0usize;
-                            while let Some(frame) = body.frame().await {
-                                let Ok(frame) = frame else { break };
-                                if let Some(data) = frame.data_ref() {
-                                    n += data.len();
-                                    kept.lock().expect("lock").extend_from_slice(data);
-                                    tx.send_replace(n);
-                                }
-                            }
-                            Ok::<_, std::convert::Infallible>(http::Response::new(
-                                http_body_util::Full::new(bytes::Bytes::from(n.to_string())),
-                            ))
-                        }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
+            async move {
+                let mut body = req.into_body();
+                let mut n = 0usize;
+                while let Some(frame) = body.frame().await {
+                    let Ok(frame) = frame else { break };
+                    if let Some(data) = frame.data_ref() {
+                        n += data.len();
+                        kept.lock().expect("lock").extend_from_slice(data);
+                        tx.send_replace(n);
+                    }
+                }
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from(n.to_string()),
+                )))
+            }
+        })
+    })
+    .await;
     CountingUpstream {
         addr,
         received,
@@ -1710,54 +1701,27 @@ async fn large_chunked_upload_streams_through_a_non_reading_route() {
     assert!(*body == data, "upload arrived intact");
 }
 
-/// A response body fed by a channel.
-struct ChannelBody(tokio::sync::mpsc::Receiver<bytes::Bytes>);
-
-impl http_body::Body for ChannelBody {
-    type Data = bytes::Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|c| Ok(http_body::Frame::data(c))))
-    }
-}
-
 /// An upstream whose every response is an endless stream of 64 KiB chunks;
 /// `aborted` is notified when the gateway stops taking them.
 async fn endless_upstream() -> (SocketAddr, Arc<Notify>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let aborted = Arc::new(Notify::new());
     let signal = aborted.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
+    let addr = serve_http1(move || {
+        let signal = signal.clone();
+        hyper::service::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
             let signal = signal.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |_req: http::Request<hyper::body::Incoming>| {
-                        let signal = signal.clone();
-                        async move {
-                            let (tx, rx) = tokio::sync::mpsc::channel(4);
-                            tokio::spawn(async move {
-                                let chunk = bytes::Bytes::from(vec![b'a'; 64 << 10]);
-                                while tx.send(chunk.clone()).await.is_ok() {}
-                                signal.notify_one();
-                            });
-                            Ok::<_, std::convert::Infallible>(http::Response::new(ChannelBody(rx)))
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
+            async move {
+                let (mut tx, body) = http_body_util::channel::Channel::<bytes::Bytes>::new(4);
+                tokio::spawn(async move {
+                    let chunk = bytes::Bytes::from(vec![b'a'; 64 << 10]);
+                    while tx.send_data(chunk.clone()).await.is_ok() {}
+                    signal.notify_one();
+                });
+                Ok::<_, std::convert::Infallible>(http::Response::new(body))
+            }
+        })
+    })
+    .await;
     (addr, aborted)
 }
 

@@ -216,36 +216,24 @@ fn stalled(status: u16, first: &'static [u8]) -> Response<FakeBody> {
 /// Serves `handler` on 127.0.0.1:0. A handler answering `None` makes the
 /// connection drop without a response.
 async fn serve(handler: Handler) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
+    serve_http1(move || {
+        let handler = handler.clone();
+        service_fn(move |req: Request<Incoming>| {
             let handler = handler.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let handler = handler.clone();
-                    async move {
-                        let (parts, body) = req.into_parts();
-                        let body = body
-                            .collect()
-                            .await
-                            .map(|c| c.to_bytes())
-                            .unwrap_or_default();
-                        handler(parts, body)
-                            .await
-                            .ok_or_else(|| std::io::Error::other("dropped on purpose"))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default();
+                handler(parts, body)
+                    .await
+                    .ok_or_else(|| std::io::Error::other("dropped on purpose"))
+            }
+        })
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------

@@ -45,6 +45,36 @@ impl Recorded {
     }
 }
 
+/// Binds 127.0.0.1:0 and serves every connection with HTTP/1.1 and a
+/// service made by `make`.
+pub async fn serve_http1<F, S, B>(make: F) -> SocketAddr
+where
+    F: Fn() -> S + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let service = make();
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
 /// A recording upstream. Paths starting with `/slow` answer after 3 s.
 #[derive(Clone)]
 pub struct Upstream {
