@@ -27,6 +27,7 @@
 //! | rejections | [`error`] |
 //! | admin endpoints, metrics | [`admin`] |
 //! | logs | [`telemetry`] |
+//! | request deadlines | [`timer`] |
 
 pub mod admin;
 pub mod cli;
@@ -40,4 +41,5 @@ pub mod pipeline;
 pub mod runtime;
 pub mod server;
 pub mod telemetry;
+pub mod timer;
 pub mod token;

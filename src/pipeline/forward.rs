@@ -313,7 +313,7 @@ impl UpstreamClient {
         request: Request<Body>,
         timeout: Duration,
     ) -> Result<Response<Body>, UpstreamError> {
-        match tokio::time::timeout(timeout, self.exchange(request)).await {
+        match crate::timer::timeout(timeout, self.exchange(request)).await {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(r) => r,
         }

@@ -301,7 +301,7 @@ async fn run(
     let (mut json, raw, streaming) = if route.reads_body {
         // The body gets the same deadline as the upstream exchange: a client
         // trickling a body must not hold a connection slot forever.
-        let bytes = tokio::time::timeout(
+        let bytes = crate::timer::timeout(
             limits.request_timeout,
             read_body(body, &parts, limits.max_body_bytes),
         )

@@ -5,8 +5,8 @@
 //! graceful shutdown across all workers.
 //!
 //! hyper's `header_read_timeout` only works with a timer installed, so every
-//! builder gets `TokioTimer`; without it slow request heads would be held
-//! forever.
+//! builder gets [`HyperTimer`] (the coarse deadlines of [`crate::timer`]);
+//! without one, slow request heads would be held forever.
 
 mod send_timeout;
 mod tls;
@@ -14,9 +14,10 @@ mod tls;
 use crate::config::Config;
 use crate::pipeline::{self, ConnInfo, Shared};
 use crate::runtime::Runtime;
+use crate::timer::{HyperTimer, Signal};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use send_timeout::SendTimeout;
 use std::cell::Cell;
@@ -67,7 +68,7 @@ pub fn per_core() -> usize {
 }
 
 /// The per-core worker running on this thread (0 outside per-core mode).
-fn worker_index() -> usize {
+pub(crate) fn worker_index() -> usize {
     WORKER.with(Cell::get)
 }
 
@@ -196,9 +197,16 @@ impl Gateway {
             permits: Arc::new(Semaphore::new(limits.max_connections)),
             tls: tls.map(Arc::new),
         };
-        // Graceful shutdown: every connection holds a receiver; a send asks
-        // them to finish, and `closed()` resolves when the last one is gone.
-        let (drain_tx, drain_rx) = watch::channel(false);
+        // Graceful shutdown: every connection holds a receiver, and
+        // `closed()` resolves when the last one is gone; the signal asks
+        // them to finish (fired on drop too: a gateway that is dropped
+        // instead of drained lets its connections finish).
+        let (drain_tx, drain_members) = watch::channel(false);
+        let signal = FireOnDrop(Arc::new(Signal::default()));
+        let drain_rx = Drain {
+            _member: drain_members,
+            signal: signal.0.clone(),
+        };
         // Per-core workers: `stop` ends their accept loops, `done` (after the
         // drain) their runtimes.
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -224,7 +232,7 @@ impl Gateway {
         let _ = stop_tx.send(true);
         tracing::info!("draining: no longer accepting connections");
         let grace = shared.runtime.load().config.limits.shutdown_grace;
-        let _ = drain_tx.send(true);
+        signal.0.fire();
         if tokio::time::timeout(grace, drain_tx.closed())
             .await
             .is_err()
@@ -238,13 +246,30 @@ impl Gateway {
     }
 }
 
+/// A connection's part in the graceful drain: while any `_member` lives
+/// the gateway waits (up to `shutdown_grace`); `signal` asks it to finish.
+#[derive(Clone)]
+struct Drain {
+    _member: watch::Receiver<bool>,
+    signal: Arc<Signal>,
+}
+
+/// Fires the drain signal when the gateway's serve future ends or is dropped.
+struct FireOnDrop(Arc<Signal>);
+
+impl Drop for FireOnDrop {
+    fn drop(&mut self) {
+        self.0.fire();
+    }
+}
+
 /// A per-core worker beyond the first: its own thread, current-thread
 /// runtime and `SO_REUSEPORT` listener.
 struct Worker {
     index: usize,
     listener: std::net::TcpListener,
     accept: Accept,
-    drain: watch::Receiver<bool>,
+    drain: Drain,
     /// Ends the accept loop (the gateway is draining).
     stop: watch::Receiver<bool>,
     /// Ends the runtime, and with it this worker's connections (the drain
@@ -304,12 +329,7 @@ struct Accept {
 impl Accept {
     /// Accepts connections on `listener` until `shutdown`, each served on
     /// its own task of the current runtime, each holding a `drain` receiver.
-    async fn run(
-        &self,
-        listener: TcpListener,
-        drain: watch::Receiver<bool>,
-        shutdown: impl Future<Output = ()>,
-    ) {
+    async fn run(&self, listener: TcpListener, drain: Drain, shutdown: impl Future<Output = ()>) {
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -367,14 +387,14 @@ struct Http {
 impl Http {
     fn new(limits: &crate::config::Limits) -> Http {
         let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
+        h1.timer(HyperTimer)
             .header_read_timeout(limits.header_read_timeout)
             // hyper's own cap is a backstop; the exact limit and the JSON 431
             // come from the pipeline.
             .max_buf_size((limits.max_header_bytes * 2).max(16 * 1024))
             .keep_alive(true);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new())
+        h2.timer(HyperTimer)
             .max_concurrent_streams(256)
             .max_header_list_size(u32::try_from(limits.max_header_bytes * 2).unwrap_or(u32::MAX))
             .max_pending_accept_reset_streams(64)
@@ -431,10 +451,10 @@ async fn serve_connection(
     slot: Arc<tokio::sync::OwnedSemaphorePermit>,
     shared: Arc<Shared>,
     http: Arc<Http>,
-    drain: watch::Receiver<bool>,
+    drain: Drain,
     tls: Option<Arc<tokio_rustls::TlsAcceptor>>,
 ) {
-    let deadline = tokio::time::Instant::now() + http.first_request;
+    let deadline = std::time::Instant::now() + http.first_request;
     let conn = ConnInfo {
         peer,
         peer_element: crate::pipeline::inject::peer_element(peer.ip()),
@@ -448,7 +468,7 @@ async fn serve_connection(
         pipeline::handle(shared.clone(), conn.clone(), req)
     });
     match tls {
-        None => match tokio::time::timeout_at(deadline, sniff_h2(&stream)).await {
+        None => match crate::timer::timeout_at(deadline, sniff_h2(&stream)).await {
             Ok(Some(h2)) => {
                 let stream = SendTimeout::new(stream, http.send_timeout);
                 serve_io(&http, stream, h2, service, &first_request, deadline, drain).await
@@ -479,8 +499,8 @@ async fn serve_io<I, S, B>(
     h2: bool,
     service: S,
     first_request: &Notify,
-    deadline: tokio::time::Instant,
-    drain: watch::Receiver<bool>,
+    deadline: std::time::Instant,
+    drain: Drain,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
@@ -508,9 +528,9 @@ async fn serve_io<I, S, B>(
 async fn tls_handshake(
     acceptor: &tokio_rustls::TlsAcceptor,
     stream: SendTimeout<TcpStream>,
-    deadline: tokio::time::Instant,
+    deadline: std::time::Instant,
 ) -> Option<Box<tokio_rustls::server::TlsStream<SendTimeout<TcpStream>>>> {
-    match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(stream))).await {
+    match crate::timer::timeout_at(deadline, Box::pin(acceptor.accept(stream))).await {
         Ok(Ok(s)) => Some(Box::new(s)),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "TLS handshake failed");
@@ -567,16 +587,13 @@ where
 async fn drive<C: Graceful>(
     mut connection: Pin<Box<C>>,
     first_request: &Notify,
-    deadline: tokio::time::Instant,
-    mut drain: watch::Receiver<bool>,
+    deadline: std::time::Instant,
+    drain: Drain,
 ) {
-    // Borrowed, not moved: the receiver must outlive the signal, since the
-    // gateway waits for every receiver to be dropped before it exits.
-    let draining = async {
-        // A closed channel means the gateway is gone: finish as well.
-        let _ = drain.wait_for(|d| *d).await;
-    };
-    let mut draining = std::pin::pin!(draining);
+    // The member is held to the end: the gateway waits for every one to be
+    // dropped before it exits. The wait is polled each time the connection
+    // is woken, so it is the signal's cheap one, not a watch receiver's.
+    let mut draining = drain.signal.wait();
     tokio::select! {
         _ = connection.as_mut() => return,
         () = first_request.notified() => {}
@@ -584,7 +601,7 @@ async fn drive<C: Graceful>(
             // Nothing was asked on this connection yet: just close it.
             return;
         }
-        () = tokio::time::sleep_until(deadline) => {
+        () = crate::timer::sleep_until(deadline) => {
             tracing::debug!("no request within header_read_timeout; closing the connection");
             return;
         }
@@ -601,7 +618,7 @@ async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
     // Slow heads are dropped here too (the timer makes the timeout real).
     builder
         .http1()
-        .timer(TokioTimer::new())
+        .timer(HyperTimer)
         .header_read_timeout(shared.runtime.load().config.limits.header_read_timeout);
     let builder = Arc::new(builder);
     loop {

@@ -1,0 +1,581 @@
+//! Coarse deadlines for the request path: hyper's `header_read_timeout`,
+//! the upstream exchange's `request_timeout`, the body-read deadline and
+//! the first-request deadline of a connection.
+//!
+//! Every request arms two deadlines that almost never fire. With tokio's
+//! timer each one is a timer-wheel registration under the driver's lock on
+//! first poll, a second lock to take it out when the request finishes, and
+//! a clock read for each; under callgrind that was ~1,300 instructions per
+//! request on `auth = "none"`, about a tenth of authgate's own work.
+//!
+//! Here a deadline is an entry in a slab: registering is a push under an
+//! uncontended per-worker mutex, cancelling (dropping the future) a pop.
+//! One `authgate-timer` thread looks at every slab each [`TICK`] and wakes
+//! what is due, so a deadline fires between 0 and `TICK` late — nothing
+//! here is configured finer than a second. The thread parks when no
+//! deadline is pending, so an idle gateway does not wake up for it.
+//!
+//! Deadlines never fire early: an entry is due only when the clock read at
+//! the tick has passed it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// How often due deadlines are looked for: a deadline fires at most this late.
+pub const TICK: Duration = Duration::from_millis(50);
+
+/// Slabs, one per per-core worker (modulo this count); outside per-core
+/// mode every thread uses slab 0.
+const SHARDS: usize = 64;
+
+struct Entry {
+    /// `None`: fired only by [`Wakers::fire_all`].
+    deadline: Option<Instant>,
+    waker: Option<Waker>,
+    fired: bool,
+}
+
+#[derive(Default)]
+struct Slab {
+    /// `None`: a free slot, listed in `free`.
+    entries: Vec<Option<Entry>>,
+    free: Vec<u32>,
+    live: usize,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Bumped (after marking) whenever an entry of this shard fires: a
+    /// registered future that sees the same value and the same waker as at
+    /// its last poll knows it has not fired, without taking the lock.
+    fired: AtomicU64,
+    slab: Mutex<Slab>,
+}
+
+/// Registered wakers with a "fired" flag each, in per-worker slabs: what
+/// both the timer wheel and the drain signal are made of.
+struct Wakers {
+    shards: Box<[Shard]>,
+}
+
+/// A registration: the slot, and what its last poll saw.
+#[derive(Debug, Clone, Copy)]
+struct Registered {
+    shard: u16,
+    index: u32,
+    fired_seen: u64,
+    /// The registered waker's data and vtable addresses (what
+    /// `Waker::will_wake` compares), kept as integers so futures holding
+    /// them stay `Send + Sync`.
+    waker: (usize, usize),
+}
+
+fn waker_id(w: &Waker) -> (usize, usize) {
+    (w.data() as usize, std::ptr::from_ref(w.vtable()) as usize)
+}
+
+fn lock(slab: &Mutex<Slab>) -> MutexGuard<'_, Slab> {
+    // Nothing here panics while holding the lock; a poisoned slab is still
+    // consistent.
+    slab.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Wakers {
+    fn new() -> Wakers {
+        Wakers {
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+        }
+    }
+
+    /// Registers `waker` in this worker's slab; `None` only when the slab
+    /// has no index left.
+    fn register(&self, deadline: Option<Instant>, waker: &Waker) -> Option<Registered> {
+        let shard = crate::server::worker_index() % SHARDS;
+        let cell = &self.shards[shard];
+        let mut s = lock(&cell.slab);
+        let fired_seen = cell.fired.load(Ordering::Acquire);
+        let entry = Some(Entry {
+            deadline,
+            waker: Some(waker.clone()),
+            fired: false,
+        });
+        let index = match s.free.pop() {
+            Some(i) => {
+                s.entries[i as usize] = entry;
+                i
+            }
+            None => {
+                let i = u32::try_from(s.entries.len()).ok()?;
+                s.entries.push(entry);
+                i
+            }
+        };
+        s.live += 1;
+        Some(Registered {
+            shard: shard as u16,
+            index,
+            fired_seen,
+            waker: waker_id(waker),
+        })
+    }
+
+    /// Whether a registration has fired; keeps its waker current.
+    fn poll(&self, r: &mut Registered, cx: &Context<'_>) -> bool {
+        let cell = &self.shards[r.shard as usize];
+        let id = waker_id(cx.waker());
+        if cell.fired.load(Ordering::Acquire) == r.fired_seen && id == r.waker {
+            return false;
+        }
+        let mut s = lock(&cell.slab);
+        r.fired_seen = cell.fired.load(Ordering::Acquire);
+        match s.entries.get_mut(r.index as usize) {
+            Some(Some(e)) if e.fired => true,
+            Some(Some(e)) => {
+                if id != r.waker {
+                    e.waker = Some(cx.waker().clone());
+                    r.waker = id;
+                }
+                false
+            }
+            // Cannot happen: the slot is the registration's until removed.
+            _ => true,
+        }
+    }
+
+    fn remove(&self, r: Registered) {
+        let mut s = lock(&self.shards[r.shard as usize].slab);
+        if let Some(slot) = s.entries.get_mut(r.index as usize) {
+            let waker = slot.take().and_then(|e| e.waker);
+            s.free.push(r.index);
+            s.live -= 1;
+            drop(s);
+            // A task waker's drop may run code; not under the lock.
+            drop(waker);
+        }
+    }
+
+    /// Moves a registration's deadline (it has not fired, then).
+    fn reset(&self, r: &Registered, deadline: Instant) {
+        let mut s = lock(&self.shards[r.shard as usize].slab);
+        if let Some(Some(e)) = s.entries.get_mut(r.index as usize) {
+            e.deadline = Some(deadline);
+            e.fired = false;
+        }
+    }
+
+    /// Fires the entries `due` selects; returns how many are still waiting.
+    fn fire(&self, due: impl Fn(&Entry) -> bool, woken: &mut Vec<Waker>) -> usize {
+        let mut pending = 0;
+        for cell in self.shards.iter() {
+            let mut s = lock(&cell.slab);
+            if s.live == 0 {
+                continue;
+            }
+            let before = woken.len();
+            for e in s.entries.iter_mut().flatten() {
+                if !e.fired && due(e) {
+                    e.fired = true;
+                    woken.extend(e.waker.take());
+                }
+            }
+            if woken.len() != before {
+                cell.fired.fetch_add(1, Ordering::Release);
+            }
+            pending += s.live;
+        }
+        // Woken by the caller, outside the locks: a waker may run its task.
+        pending
+    }
+
+    fn is_empty(&self) -> bool {
+        self.shards.iter().all(|c| lock(&c.slab).live == 0)
+    }
+}
+
+struct Wheel {
+    wakers: Wakers,
+    /// The ticker thread, to unpark when a deadline is registered.
+    ticker: Option<std::thread::Thread>,
+    /// Set by the ticker before it parks; cleared by whoever unparks it.
+    parked: AtomicBool,
+}
+
+static WHEEL: LazyLock<Wheel> = LazyLock::new(|| {
+    let ticker = std::thread::Builder::new()
+        .name("authgate-timer".into())
+        .spawn(tick_forever)
+        .ok()
+        .map(|h| h.thread().clone());
+    if ticker.is_none() {
+        tracing::error!(
+            "cannot start the timer thread; request deadlines fall back to tokio's timer"
+        );
+    }
+    Wheel {
+        wakers: Wakers::new(),
+        ticker,
+        parked: AtomicBool::new(false),
+    }
+});
+
+fn tick_forever() {
+    let mut woken: Vec<Waker> = Vec::new();
+    loop {
+        std::thread::sleep(TICK);
+        let wheel = &*WHEEL;
+        let now = Instant::now();
+        let pending = wheel
+            .wakers
+            .fire(|e| e.deadline.is_some_and(|d| d <= now), &mut woken);
+        for w in woken.drain(..) {
+            w.wake();
+        }
+        if pending == 0 {
+            wheel.parked.store(true, Ordering::SeqCst);
+            // Re-checked after announcing the park: a registration that
+            // saw `parked == false` has already put its entry where this
+            // looks.
+            if wheel.wakers.is_empty() {
+                std::thread::park();
+            }
+            wheel.parked.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+fn register_deadline(deadline: Instant, waker: &Waker) -> Option<Registered> {
+    let wheel = &*WHEEL;
+    let ticker = wheel.ticker.as_ref()?;
+    let r = wheel.wakers.register(Some(deadline), waker)?;
+    if wheel.parked.swap(false, Ordering::SeqCst) {
+        ticker.unpark();
+    }
+    Some(r)
+}
+
+/// A future that completes at (or up to [`TICK`] after) its deadline.
+///
+/// The clock is not read when it is polled: a deadline already past fires
+/// at the next tick.
+pub struct Sleep {
+    deadline: Instant,
+    registered: Option<Registered>,
+    /// Only when the ticker thread could not start.
+    fallback: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// Completes at `deadline` (up to [`TICK`] later).
+pub fn sleep_until(deadline: Instant) -> Sleep {
+    Sleep {
+        deadline,
+        registered: None,
+        fallback: None,
+    }
+}
+
+/// Completes after `duration` (up to [`TICK`] later).
+pub fn sleep(duration: Duration) -> Sleep {
+    sleep_until(Instant::now() + duration)
+}
+
+impl Sleep {
+    /// Moves the deadline (used by hyper to reuse a sleep).
+    pub fn reset(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+        if let Some(f) = &mut self.fallback {
+            f.as_mut().reset(deadline.into());
+        }
+        if let Some(r) = &self.registered {
+            WHEEL.wakers.reset(r, deadline);
+        }
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if let Some(r) = &mut this.registered {
+            return match WHEEL.wakers.poll(r, cx) {
+                true => Poll::Ready(()),
+                false => Poll::Pending,
+            };
+        }
+        if let Some(f) = &mut this.fallback {
+            return f.as_mut().poll(cx);
+        }
+        match register_deadline(this.deadline, cx.waker()) {
+            Some(r) => {
+                this.registered = Some(r);
+                Poll::Pending
+            }
+            None => {
+                let mut f = Box::pin(tokio::time::sleep_until(this.deadline.into()));
+                let polled = f.as_mut().poll(cx);
+                this.fallback = Some(f);
+                polled
+            }
+        }
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        if let Some(r) = self.registered.take() {
+            WHEEL.wakers.remove(r);
+        }
+    }
+}
+
+/// A one-shot broadcast (the gateway's drain): every [`Signal::wait`]
+/// completes once [`Signal::fire`] is called. Waiting costs one registration
+/// per waiter, then an atomic load per poll: a connection polls it each
+/// time it is woken for anything, so that is all it may cost.
+pub struct Signal {
+    fired: AtomicBool,
+    wakers: Wakers,
+}
+
+impl Default for Signal {
+    fn default() -> Self {
+        Signal {
+            fired: AtomicBool::new(false),
+            wakers: Wakers::new(),
+        }
+    }
+}
+
+impl Signal {
+    /// Completes every current and future wait.
+    pub fn fire(&self) {
+        self.fired.store(true, Ordering::SeqCst);
+        let mut woken = Vec::new();
+        self.wakers.fire(|_| true, &mut woken);
+        for w in woken {
+            w.wake();
+        }
+    }
+
+    pub fn is_fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+
+    /// Completes once the signal has fired.
+    pub fn wait(self: &Arc<Self>) -> SignalWait {
+        SignalWait {
+            signal: self.clone(),
+            registered: None,
+        }
+    }
+}
+
+/// See [`Signal::wait`].
+pub struct SignalWait {
+    signal: Arc<Signal>,
+    registered: Option<Registered>,
+}
+
+impl Future for SignalWait {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if this.signal.is_fired() {
+            return Poll::Ready(());
+        }
+        match &mut this.registered {
+            Some(r) => {
+                if this.signal.wakers.poll(r, cx) {
+                    return Poll::Ready(());
+                }
+            }
+            None => match this.signal.wakers.register(None, cx.waker()) {
+                Some(r) => this.registered = Some(r),
+                // No slot (four billion waiters): poll again soon instead.
+                None => cx.waker().wake_by_ref(),
+            },
+        }
+        // Fired between the check and the registration: it may have
+        // missed this waker.
+        if this.signal.is_fired() {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for SignalWait {
+    fn drop(&mut self) {
+        if let Some(r) = self.registered.take() {
+            self.signal.wakers.remove(r);
+        }
+    }
+}
+
+/// `future`, or `Err(Elapsed)` once `duration` has passed.
+pub fn timeout<F: Future>(duration: Duration, future: F) -> Timeout<F> {
+    Timeout {
+        future,
+        sleep: sleep(duration),
+    }
+}
+
+/// `future`, or `Err(Elapsed)` once `deadline` has passed.
+pub fn timeout_at<F: Future>(deadline: Instant, future: F) -> Timeout<F> {
+    Timeout {
+        future,
+        sleep: sleep_until(deadline),
+    }
+}
+
+/// The deadline passed first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed;
+
+pin_project_lite::pin_project! {
+    /// See [`timeout`].
+    pub struct Timeout<F> {
+        #[pin]
+        future: F,
+        sleep: Sleep,
+    }
+}
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(v) = this.future.poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        match Pin::new(this.sleep).poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// [`Sleep`] as hyper's timer (`header_read_timeout`, HTTP/2 keep-alive).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HyperTimer;
+
+struct HyperSleep(Sleep);
+
+impl Future for HyperSleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl hyper::rt::Sleep for HyperSleep {}
+
+impl hyper::rt::Timer for HyperTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(HyperSleep(sleep(duration)))
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(HyperSleep(sleep_until(deadline)))
+    }
+
+    fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: Instant) {
+        match sleep.as_mut().downcast_mut_pin::<HyperSleep>() {
+            Some(mut s) => s.0.reset(new_deadline),
+            None => *sleep = self.sleep_until(new_deadline),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fires_not_before_the_deadline_and_within_a_tick() {
+        let start = Instant::now();
+        sleep(Duration::from_millis(120)).await;
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(120), "fired early: {took:?}");
+    }
+
+    #[tokio::test]
+    async fn timeout_passes_a_ready_future_and_cuts_a_pending_one() {
+        assert_eq!(timeout(Duration::from_secs(5), async { 7 }).await, Ok(7));
+        let start = Instant::now();
+        let r = timeout(Duration::from_millis(80), std::future::pending::<()>()).await;
+        assert_eq!(r, Err(Elapsed));
+        assert!(start.elapsed() >= Duration::from_millis(80));
+    }
+
+    #[tokio::test]
+    async fn a_past_deadline_fires_and_reset_moves_it() {
+        sleep_until(Instant::now() - Duration::from_millis(1)).await;
+        let mut s = Box::pin(sleep(Duration::from_secs(3600)));
+        // Registered with the hour-long deadline...
+        assert!(futures_poll_once(s.as_mut()).is_pending());
+        // ...then moved close: it fires.
+        s.reset(Instant::now() + Duration::from_millis(30));
+        s.await;
+    }
+
+    #[test]
+    fn dropped_sleeps_free_their_slots() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let live = || {
+                let shard = crate::server::worker_index() % SHARDS;
+                lock(&WHEEL.wakers.shards[shard].slab).live
+            };
+            let mut sleeps: Vec<_> = (0..100)
+                .map(|_| Box::pin(sleep(Duration::from_secs(3600))))
+                .collect();
+            for s in &mut sleeps {
+                assert!(futures_poll_once(s.as_mut()).is_pending());
+            }
+            assert!(live() >= 100);
+            drop(sleeps);
+            // Other tests share slab 0; ours are gone at least.
+            assert!(live() < 100);
+        });
+    }
+
+    fn futures_poll_once<F: Future + ?Sized>(f: Pin<&mut F>) -> Poll<F::Output> {
+        let waker = Waker::noop();
+        f.poll(&mut Context::from_waker(waker))
+    }
+}
+
+#[cfg(test)]
+mod signal_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fire_completes_waiters_registered_before_and_after() {
+        let signal = Arc::new(Signal::default());
+        let mut before = Box::pin(signal.wait());
+        assert!(Pin::new(&mut before)
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .is_pending());
+        let task = tokio::spawn({
+            let signal = signal.clone();
+            async move { signal.wait().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!task.is_finished());
+        signal.fire();
+        task.await.expect("waiter");
+        before.await;
+        signal.wait().await;
+        assert!(signal.wakers.is_empty());
+    }
+}
