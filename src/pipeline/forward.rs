@@ -289,6 +289,12 @@ impl UpstreamClient {
         })
     }
 
+    /// Whether [`UpstreamClient::uri_for`] leaves a path as it is (the
+    /// upstream URL has no path prefix).
+    pub fn forwards_path_as_is(&self) -> bool {
+        self.base_path.is_empty()
+    }
+
     /// The upstream URI (origin-form) for a normalized path and the
     /// (possibly rewritten) query.
     pub fn uri_for(&self, path: &str, query: Option<&str>) -> Result<Uri, Rejection> {

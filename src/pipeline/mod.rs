@@ -24,11 +24,13 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use forward::Body;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::Uri;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::value::RawValue;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -83,12 +85,12 @@ impl RequestIds {
     }
 
     /// 24 lower-case hex digits: the prefix, then the counter's low 32 bits.
-    fn next(&self) -> String {
+    fn next(&self) -> HeaderValue {
         let n = self.counter.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff;
         let mut text = [0u8; 24];
         hex_digits(&mut text[..16], self.prefix);
         hex_digits(&mut text[16..], n);
-        String::from_utf8(text.to_vec()).unwrap_or_default()
+        HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
     }
 }
 
@@ -112,7 +114,7 @@ pub fn valid_request_id(id: &[u8]) -> bool {
 #[derive(Clone, Copy)]
 struct RequestId<'a> {
     text: &'a str,
-    header: Option<&'a HeaderValue>,
+    header: &'a HeaderValue,
 }
 
 /// Route label for requests that matched no route (no allocation per request).
@@ -138,8 +140,9 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let rt = shared.runtime.load_full();
-    let request_id = match req.headers().get(&X_REQUEST_ID) {
-        Some(v) if valid_request_id(v.as_bytes()) => v.to_str().unwrap_or_default().to_owned(),
+    let (head, client_request_id) = Head::scan(&req, &rt.identity.headers.prefix);
+    let request_id = match client_request_id {
+        Some(v) if valid_request_id(v.as_bytes()) => v,
         _ => shared.ids.next(),
     };
     let method = req.method().clone();
@@ -156,23 +159,24 @@ pub async fn handle(
     // `run` is boxed: hyper keeps each connection's service-future slot
     // allocated while the connection idles, so the slot stays small and the
     // (large) request state lives only while a request is in flight.
-    let request_id_header = HeaderValue::try_from(request_id.as_str()).ok();
+    // Valid ids are visible ASCII (checked above, or generated as hex).
+    let request_id_text = request_id.to_str().unwrap_or_default();
     let ids = RequestId {
-        text: &request_id,
-        header: request_id_header.as_ref(),
+        text: request_id_text,
+        header: &request_id,
     };
-    let mut response = match Box::pin(run(&shared, &rt, conn, req, ids, &mut out)).await {
+    let mut response = match Box::pin(run(&shared, &rt, conn, req, head, ids, &mut out)).await {
         Ok(r) => r,
         Err(rejection) => {
             out.error = Some(rejection.code());
             rejection
-                .to_response(&request_id, out.token_presented)
+                .to_response(request_id_text, out.token_presented)
                 .map(forward::full)
         }
     };
-    if let Some(v) = request_id_header {
-        response.headers_mut().insert(X_REQUEST_ID.clone(), v);
-    }
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
     if let Some(origin) = out.cors_origin.take() {
         cors_actual(&rt, &mut response, origin);
     }
@@ -186,7 +190,7 @@ pub async fn handle(
         elapsed,
     );
     crate::telemetry::access_log(&crate::telemetry::AccessLine {
-        request_id: &request_id,
+        request_id: request_id_text,
         route: &route,
         method: method.as_str(),
         status: response.status().as_u16(),
@@ -208,30 +212,78 @@ fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// One pass over the request head: its size as a client would have sent it
-/// (431 beyond `max`), and no CR, LF or NUL in a header value — nothing
-/// HTTP/1.1 could not carry goes upstream, whatever the client's protocol.
-fn check_head<B>(req: &Request<B>, max: usize) -> Result<(), Rejection> {
-    let uri = req.uri();
-    let mut size = req.method().as_str().len()
-        + uri.path_and_query().map_or(1, |pq| pq.as_str().len())
-        + uri.authority().map_or(0, |a| a.as_str().len() + 8)
-        + 12 // version, spaces, CRLF
-        + 2; // the blank line that ends the head
-    let mut unsafe_byte = false;
-    for (k, v) in req.headers() {
-        size += k.as_str().len() + v.len() + 4;
-        unsafe_byte |= v
-            .as_bytes()
-            .iter()
-            .any(|&b| b == 0 || b == b'\r' || b == b'\n');
+/// What one pass over the request head found. Later stages look a header
+/// up only when this pass saw it: a lookup of an absent custom header
+/// still hashes its name, and most requests carry none of these.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Head {
+    /// The head's size as a client would have sent it over HTTP/1.1.
+    size: usize,
+    /// A CR, LF or NUL in some header value.
+    unsafe_byte: bool,
+    hosts: usize,
+    cookie: bool,
+    upgrade: bool,
+    /// A header [`inject::strip_hop_by_hop`] removes.
+    hop_by_hop: bool,
+    /// A header with the identity prefix ([`inject::strip_prefixed`]).
+    prefixed: bool,
+    forwarded_for: bool,
+    forwarded_host: bool,
+}
+
+impl Head {
+    /// Scans the head once; also returns the client's first `X-Request-Id`.
+    fn scan<B>(req: &Request<B>, prefix: &str) -> (Head, Option<HeaderValue>) {
+        let uri = req.uri();
+        let mut head = Head {
+            size: req.method().as_str().len()
+                + uri.path_and_query().map_or(1, |pq| pq.as_str().len())
+                + uri.authority().map_or(0, |a| a.as_str().len() + 8)
+                + 12 // version, spaces, CRLF
+                + 2, // the blank line that ends the head
+            ..Head::default()
+        };
+        let mut request_id = None;
+        for (k, v) in req.headers() {
+            let name = k.as_str();
+            head.size += name.len() + v.len() + 4;
+            head.unsafe_byte |= v
+                .as_bytes()
+                .iter()
+                .any(|&b| b == 0 || b == b'\r' || b == b'\n');
+            match name {
+                "host" => head.hosts += 1,
+                "cookie" => head.cookie = true,
+                "upgrade" => {
+                    head.upgrade = true;
+                    head.hop_by_hop = true;
+                }
+                "x-forwarded-for" => head.forwarded_for = true,
+                "x-forwarded-host" => head.forwarded_host = true,
+                "x-request-id" => {
+                    if request_id.is_none() {
+                        request_id = Some(v.clone());
+                    }
+                }
+                _ => head.hop_by_hop |= inject::is_hop_by_hop(k),
+            }
+            head.prefixed |= name.starts_with(prefix);
+        }
+        (head, request_id)
     }
-    if size > max {
-        Err(Rejection::HeaderTooLarge)
-    } else if unsafe_byte {
-        Err(Rejection::BadRequest)
-    } else {
-        Ok(())
+
+    /// 431 beyond `max`; 400 for a CR, LF or NUL in a header value —
+    /// nothing HTTP/1.1 could not carry goes upstream, whatever the
+    /// client's protocol.
+    fn check(&self, max: usize) -> Result<(), Rejection> {
+        if self.size > max {
+            Err(Rejection::HeaderTooLarge)
+        } else if self.unsafe_byte {
+            Err(Rejection::BadRequest)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -258,18 +310,29 @@ async fn run(
     rt: &Runtime,
     conn: ConnInfo,
     mut req: Request<Incoming>,
+    head: Head,
     request_id: RequestId<'_>,
     out: &mut Outcome,
 ) -> Result<Response<Body>, Rejection> {
     let limits = &rt.config.limits;
-    check_head(&req, limits.max_header_bytes)?;
+    head.check(limits.max_header_bytes)?;
     // HTTP/1.1 needs exactly one Host (RFC 9112 §3.2); HTTP/2 uses :authority.
-    if req.version() == Version::HTTP_11 && req.headers().get_all(HOST).iter().count() != 1 {
+    if req.version() == Version::HTTP_11 && head.hosts != 1 {
         return Err(Rejection::BadRequest);
     }
-    let path = path::normalize(req.uri().path())
-        .map_err(|_| Rejection::BadRequest)?
-        .into_owned();
+    // The request target, held apart from the request (a reference count):
+    // the path borrows from it, and when neither the path nor the query
+    // changes on the way, the upstream request reuses it as it is.
+    let target = req
+        .uri()
+        .path_and_query()
+        .filter(|t| t.path() == req.uri().path())
+        .cloned();
+    let path: Cow<'_, str> = match &target {
+        Some(t) => path::normalize(t.path()),
+        None => path::normalize(req.uri().path()).map(|p| Cow::Owned(p.into_owned())),
+    }
+    .map_err(|_| Rejection::BadRequest)?;
     // CORS: a genuine preflight from an allowed origin is answered here.
     if let Some(origin) = cors_origin(rt, &req) {
         if req.method() == Method::OPTIONS
@@ -293,7 +356,7 @@ async fn run(
     };
     let route = &rt.routes[route_idx];
     out.route = Some(route.name.clone());
-    let upgrade = is_websocket_upgrade(&req);
+    let upgrade = head.upgrade && is_websocket_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
 
@@ -347,7 +410,9 @@ async fn run(
 
     // extract
     let credential = if route.auth == AuthMode::None {
-        extract::check_cookie_headers(&parts)?;
+        if head.cookie {
+            extract::check_cookie_headers(&parts)?;
+        }
         None
     } else {
         match extract::credential(&parts, &rt.locators, upgrade, json.as_ref()) {
@@ -390,7 +455,9 @@ async fn run(
     }
 
     // inject: strip first, then set
-    let upgrade_value = parts.headers.get(http::header::UPGRADE).cloned();
+    let upgrade_value = upgrade
+        .then(|| parts.headers.get(http::header::UPGRADE).cloned())
+        .flatten();
     // The request target's authority wins over Host (absolute-form, RFC 9112
     // §3.2.2; HTTP/2 :authority); it is never used for routing.
     let host = parts
@@ -404,9 +471,16 @@ async fn run(
             HeaderValue::try_from(hp).ok()
         })
         .or_else(|| parts.headers.get(HOST).cloned());
-    let mut query = parts.uri.query().map(str::to_owned);
-    inject::strip_hop_by_hop(&mut parts.headers);
-    inject::strip_prefixed(&mut parts.headers, &rt.identity.headers.prefix);
+    let mut query: Option<Cow<'_, str>> = match &target {
+        Some(t) => t.query().map(Cow::Borrowed),
+        None => parts.uri.query().map(|q| Cow::Owned(q.to_owned())),
+    };
+    if head.hop_by_hop {
+        inject::strip_hop_by_hop(&mut parts.headers);
+    }
+    if head.prefixed {
+        inject::strip_prefixed(&mut parts.headers, &rt.identity.headers.prefix);
+    }
     // Body edits happen on the client's bytes (number spelling, key order
     // and whitespace preserved); `reserialize` is the fallback when an edit
     // cannot be made in place (e.g. a member inside an array).
@@ -455,7 +529,8 @@ async fn run(
                 Locator::Query(name) => {
                     query = query
                         .as_deref()
-                        .and_then(|q| extract::query_without(q, name));
+                        .and_then(|q| extract::query_without(q, name))
+                        .map(Cow::Owned);
                 }
                 Locator::Body(ptr) => {
                     if let Some(doc) = json.as_mut() {
@@ -514,13 +589,17 @@ async fn run(
         &conn.peer_element,
         conn.https,
         host.clone(),
+        inject::Present {
+            forwarded_for: head.forwarded_for,
+            forwarded_host: head.forwarded_host,
+        },
     );
     if let Some(h) = host {
         parts.headers.insert(HOST, h);
     }
-    if let Some(v) = request_id.header {
-        parts.headers.insert(X_REQUEST_ID.clone(), v.clone());
-    }
+    parts
+        .headers
+        .insert(X_REQUEST_ID.clone(), request_id.header.clone());
     if let (true, Some(u)) = (upgrade, upgrade_value) {
         parts.headers.insert(
             http::header::CONNECTION,
@@ -531,7 +610,17 @@ async fn run(
 
     // forward
     let upstream = &rt.upstreams[route.upstream];
-    parts.uri = upstream.uri_for(&path, query.as_deref())?;
+    parts.uri = match &target {
+        // Unchanged: the client's target is already what uri_for would build.
+        Some(t)
+            if matches!(path, Cow::Borrowed(_))
+                && query.as_deref() == t.query()
+                && upstream.forwards_path_as_is() =>
+        {
+            Uri::from(t.clone())
+        }
+        _ => upstream.uri_for(&path, query.as_deref())?,
+    };
     parts.version = Version::HTTP_11;
     let rewritten = match (&json, reserialize, edited) {
         (Some(doc), true, _) => Some(serde_json::to_vec(doc).map_err(|_| Rejection::BadRequest)?),
@@ -878,6 +967,102 @@ mod tests {
         };
         assert_eq!(fixed.next(), "0123456789abcdef000000ff");
         assert_eq!(fixed.next(), "0123456789abcdef00000100");
+    }
+}
+
+#[cfg(test)]
+mod head_scan {
+    use super::*;
+    use proptest::prelude::*;
+
+    const NAMES: &[&str] = &[
+        "host",
+        "cookie",
+        "upgrade",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "proxy-authorization",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-request-id",
+        "x-authgate-customer-id",
+        "X-AuthGate-Scopes",
+        "x-authgatex",
+        "x-other",
+        "accept",
+    ];
+    const VALUES: &[&str] = &[
+        "a",
+        "x-other",
+        "keep-alive",
+        "close, accept",
+        "x-authgate-scopes",
+    ];
+
+    fn request(headers: &[(usize, usize)]) -> Request<()> {
+        let mut b = Request::builder().uri("/p?q=1");
+        for &(n, v) in headers {
+            b = b.header(NAMES[n], VALUES[v]);
+        }
+        b.body(()).expect("request")
+    }
+
+    #[test]
+    fn finds_what_each_stage_looks_for() {
+        let req = request(&[(0, 0), (0, 0), (1, 0), (12, 0), (12, 1), (16, 0)]);
+        let (head, id) = Head::scan(&req, "x-authgate-");
+        assert_eq!(head.hosts, 2);
+        assert!(head.cookie && !head.upgrade && !head.hop_by_hop && !head.prefixed);
+        assert!(!head.forwarded_for && !head.forwarded_host);
+        assert_eq!(id.expect("request id"), "a", "the first value");
+        assert_eq!(head.check(head.size), Ok(()));
+        assert_eq!(head.check(head.size - 1), Err(Rejection::HeaderTooLarge));
+        let req = request(&[(2, 0), (10, 0), (11, 0), (14, 0)]);
+        let (head, id) = Head::scan(&req, "x-authgate-");
+        assert!(head.upgrade && head.hop_by_hop && head.prefixed);
+        assert!(head.forwarded_for && head.forwarded_host && id.is_none());
+        // (CR, LF and NUL cannot be put in a HeaderValue by safe code; the
+        // unsafe_byte check is a backstop for what hyper hands over.)
+        let unsafe_head = Head {
+            unsafe_byte: true,
+            ..head
+        };
+        assert_eq!(unsafe_head.check(8192), Err(Rejection::BadRequest));
+    }
+
+    proptest! {
+        /// Skipping a stage's lookup when the scan saw nothing for it gives
+        /// the same upstream headers as always running it.
+        #[test]
+        fn skipping_absent_headers_changes_nothing(
+            headers in proptest::collection::vec((0..NAMES.len(), 0..VALUES.len()), 0..12),
+            host in proptest::option::of(Just(HeaderValue::from_static("h.example"))),
+        ) {
+            let req = request(&headers);
+            let (head, _) = Head::scan(&req, "x-authgate-");
+            let peer = HeaderValue::from_static("10.0.0.1");
+            let mut always = req.headers().clone();
+            inject::strip_hop_by_hop(&mut always);
+            inject::strip_prefixed(&mut always, "x-authgate-");
+            inject::forwarded(&mut always, &peer, false, host.clone(), inject::Present::UNKNOWN);
+            let mut skipping = req.headers().clone();
+            if head.hop_by_hop {
+                inject::strip_hop_by_hop(&mut skipping);
+            }
+            if head.prefixed {
+                inject::strip_prefixed(&mut skipping, "x-authgate-");
+            }
+            let present = inject::Present {
+                forwarded_for: head.forwarded_for,
+                forwarded_host: head.forwarded_host,
+            };
+            inject::forwarded(&mut skipping, &peer, false, host, present);
+            prop_assert_eq!(always, skipping);
+        }
     }
 }
 
