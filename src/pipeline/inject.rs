@@ -212,7 +212,7 @@ pub fn forwarded(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::header::{TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+    use http::header::{TRANSFER_ENCODING, UPGRADE};
 
     #[test]
     fn connection_named_headers_go_first() {
