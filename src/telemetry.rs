@@ -58,6 +58,11 @@ pub fn loggable_customer_id(id: &str) -> Option<&str> {
 
 /// Writes the access-log line (target `authgate::access`, level INFO).
 pub fn access_log(l: &AccessLine<'_>) {
+    // Checked first: the customer-id check below runs on every request
+    // otherwise, logged or not.
+    if !tracing::enabled!(target: "authgate::access", tracing::Level::INFO) {
+        return;
+    }
     let customer_id = l.customer_id.and_then(loggable_customer_id);
     let withheld = l.customer_id.is_some() && customer_id.is_none();
     tracing::info!(

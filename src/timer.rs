@@ -251,7 +251,11 @@ fn register_deadline(deadline: Instant, waker: &Waker) -> Option<Registered> {
     let wheel = &*WHEEL;
     let ticker = wheel.ticker.as_ref()?;
     let r = wheel.wakers.register(Some(deadline), waker)?;
-    if wheel.parked.swap(false, Ordering::SeqCst) {
+    // A plain load first (an atomic swap on every request would be a
+    // write to a shared line): if the ticker announced a park before its
+    // re-check took this slab's lock, the lock orders that store before
+    // this load.
+    if wheel.parked.load(Ordering::Relaxed) && wheel.parked.swap(false, Ordering::SeqCst) {
         ticker.unpark();
     }
     Some(r)
