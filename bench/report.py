@@ -5,7 +5,7 @@
 
 WORKDIR holds:
   cases.tsv   id  label  proxy                     (table order)
-  wrk.tsv     id  round  rps  p50_ms  p99_ms  cpu_us  requests  non2xx  sockerr  wrapped
+  wrk.tsv     id  round  rps  p50_ms  p99_ms  cpu_us  requests  non2xx  sockerr  wrapped  sys_us
   p99.tsv     id  round  p50_ms  p99_ms  achieved_rps  non200
   meta.json   run parameters, RSS figures, notes
 Medians are taken over rounds.
@@ -71,6 +71,7 @@ def main():
                 "p50": med([num(r[3]) for r in rows]),
                 "p99": med([num(r[4]) for r in rows]),
                 "cpu": med([num(r[5]) for r in rows]) if proxy != "none" else None,
+                "sys": med([num(r[10]) for r in rows if len(r) > 10]) if proxy != "none" else None,
                 "rounds": len(rows),
             }
             non2xx = sum(int(r[7]) for r in rows)
@@ -107,8 +108,8 @@ def main():
         f"interleaved, median shown · p99@{meta['rate'] // 1000}k: h2load --h1 -c{meta['p99_conns']} "
         f"--rps {meta['rate'] // meta['p99_conns']} (fixed {meta['rate']:,} req/s) for {meta['duration']}s\n")
     rate_hdr = f"p99@{meta['rate'] // 1000}k"
-    out.append(f"| case | req/s | p50 | p99 | CPU µs/req | {rate_hdr} |")
-    out.append("|---|---:|---:|---:|---:|---:|")
+    out.append(f"| case | req/s | p50 | p99 | CPU µs/req | of which kernel | {rate_hdr} |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|")
     for cid, label, proxy in cases:
         a = agg.get(cid)
         if not a:
@@ -116,7 +117,8 @@ def main():
         mark = " ⚠" if cid in flags else ""
         out.append(
             f"| {label}{mark} | {fmt_int(a.get('rps'))} | {fmt_ms(a.get('p50'))} | "
-            f"{fmt_ms(a.get('p99'))} | {fmt_cpu(a.get('cpu'))} | {fmt_ms(a.get('p99_4k'))} |")
+            f"{fmt_ms(a.get('p99'))} | {fmt_cpu(a.get('cpu'))} | {fmt_cpu(a.get('sys'))} | "
+            f"{fmt_ms(a.get('p99_4k'))} |")
     out.append("")
 
     def get(cid, key):
@@ -151,6 +153,22 @@ def main():
                get("ag_rs", "p99_4k"), get("hap_rs", "p99_4k"), 1.0, higher_better=False,
                unit=" ms")
     out.append("")
+    if get("bare", "cpu") is not None:
+        out.append("The hyper floor (examples/bare_proxy.rs, same run, same core; no target):\n")
+        for text, a, b in [
+            ("hyper floor / HAProxy plain", get("bare", "cpu"), get("hap_plain", "cpu")),
+            ("authgate none / hyper floor", get("ag_none", "cpu"), get("bare", "cpu")),
+        ]:
+            if a is not None and b:
+                out.append(f"- {text}, CPU µs per request: {a:.1f} / {b:.1f} = **{a / b:.2f}×**")
+        user = {c: get(c, "cpu") - get(c, "sys") for c in ("hap_plain", "bare", "ag_none")
+                if get(c, "cpu") is not None and get(c, "sys") is not None}
+        if len(user) == 3:
+            out.append(
+                "- user-space µs per request (CPU minus kernel): HAProxy plain "
+                f"{user['hap_plain']:.1f}, hyper floor {user['bare']:.1f}, authgate none "
+                f"{user['ag_none']:.1f}")
+        out.append("")
 
     rss = meta.get("rss", {})
     if rss:

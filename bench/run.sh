@@ -17,6 +17,9 @@ ROOT=$(dirname "$BENCH_DIR")
 DURATION=${DURATION:-5}            # seconds per measured run
 ROUNDS=${ROUNDS:-2}                # interleaved rounds; the median is reported
 AUTHGATE=${AUTHGATE:-$ROOT/target/release/authgate}
+# The hyper floor (examples/bare_proxy.rs: hyper server + client, nothing
+# else); its case is skipped when the example is not built.
+BARE=${BARE:-$ROOT/target/release/examples/bare_proxy}
 CONNS=${CONNS:-50}                 # wrk connections
 RATE=${RATE:-4000}                 # fixed request rate for the p99@rate runs
 P99_CONNS=${P99_CONNS:-10}         # h2load connections for the fixed-rate runs
@@ -91,7 +94,7 @@ say "work directory: $WORK"
 NOTES=()
 
 # ---------------------------------------------------------------- ports
-read -r P_NGINX P_HAP_PLAIN P_HAP_HS P_HAP_RS P_HAP_ES P_AG P_AG_ADMIN < <(free_ports 7)
+read -r P_NGINX P_HAP_PLAIN P_HAP_HS P_HAP_RS P_HAP_ES P_AG P_AG_ADMIN P_BARE < <(free_ports 8)
 say "ports: nginx=$P_NGINX haproxy=$P_HAP_PLAIN/$P_HAP_HS/$P_HAP_RS/$P_HAP_ES authgate=$P_AG admin=$P_AG_ADMIN"
 
 # ---------------------------------------------------------------- keys
@@ -339,6 +342,16 @@ taskset -c "$PROXY_CPU" haproxy -db -f "$WORK/haproxy.cfg" > "$WORK/haproxy.log"
 HAP_PID=$!; PIDS+=("$HAP_PID")
 wait_ready haproxy "$HAP_PID" "http://127.0.0.1:$P_HAP_PLAIN/none/x"
 
+BARE_PID=""
+if [[ -x "$BARE" ]]; then
+    say "starting the hyper floor, examples/bare_proxy (core $PROXY_CPU)"
+    taskset -c "$PROXY_CPU" "$BARE" "127.0.0.1:$P_BARE" "127.0.0.1:$P_NGINX" > "$WORK/bare.log" 2>&1 &
+    BARE_PID=$!; PIDS+=("$BARE_PID")
+    wait_ready bare_proxy "$BARE_PID" "http://127.0.0.1:$P_BARE/none/x"
+else
+    say "no $BARE (cargo build --release --example bare_proxy): the hyper-floor case is skipped"
+fi
+
 AG_PID=""
 start_authgate() {
     AUTHGATE_WORKER_THREADS=1 RUST_LOG=warn taskset -c "$PROXY_CPU" \
@@ -432,12 +445,12 @@ for w in "${AG_WARN[@]}"; do say "WARNING: $w"; NOTES+=("WARNING: $w"); done
 say "sanity checks passed: every case answers 200 with nginx's body; bad/expired/missing tokens get 401, missing scope 403, on both proxies"
 
 # ---------------------------------------------------------------- measurement
-cpu_ticks() { # utime+stime of a whole process (all threads)
+cpu_ticks() { # "utime stime" of a whole process (all threads)
     local s
-    s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+    s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo "0 0"; return; }
     s=${s##*) }
     set -- $s
-    echo $(( ${12} + ${13} ))
+    echo "${12} ${13}"
 }
 to_ms() { # wrk duration (e.g. 412.00us, 1.23ms, 2.01s) -> ms
     awk -v v="$1" 'BEGIN {
@@ -452,6 +465,7 @@ to_ms() { # wrk duration (e.g. 412.00us, 1.23ms, 2.01s) -> ms
 CASES=(
     "direct|direct nginx (no proxy)|none|/none/x|none"
     "hap_plain|HAProxy plain proxy|haproxy|/none/x|none"
+    "bare|hyper floor (examples/bare_proxy.rs: no auth, no header rules)|bare|/none/x|none"
     "ag_none|authgate auth=none|authgate|/none/x|none"
     "hap_hs|HAProxy HS256, repeated token|haproxy|/hs/x|hs"
     "ag_hs|authgate HS256, repeated token|authgate|/hs/x|hs"
@@ -466,6 +480,11 @@ CASES=(
 )
 P99_CASES=(direct hap_plain ag_none hap_rs ag_rs)
 : > "$WORK/cases.tsv"; : > "$WORK/wrk.tsv"; : > "$WORK/p99.tsv"
+if [[ -z "$BARE_PID" ]]; then
+    kept=()
+    for c in "${CASES[@]}"; do [[ $c == bare\|* ]] || kept+=("$c"); done
+    CASES=("${kept[@]}")
+fi
 for c in "${CASES[@]}"; do
     IFS='|' read -r id label proxy _ _ <<<"$c"
     printf '%s\t%s\t%s\n' "$id" "$label" "$proxy" >> "$WORK/cases.tsv"
@@ -477,6 +496,7 @@ case_url() { # id proxy path kind
     case $proxy in
         none) echo "http://127.0.0.1:$P_NGINX$path" ;;
         authgate) echo "http://127.0.0.1:$P_AG$path" ;;
+        bare) echo "http://127.0.0.1:$P_BARE$path" ;;
         haproxy)
             case $alg in
                 plain) echo "http://127.0.0.1:$P_HAP_PLAIN$path" ;;
@@ -485,7 +505,7 @@ case_url() { # id proxy path kind
     esac
 }
 proxy_pid() {
-    case $1 in haproxy) echo "$HAP_PID" ;; authgate) echo "$AG_PID" ;; *) echo "" ;; esac
+    case $1 in haproxy) echo "$HAP_PID" ;; authgate) echo "$AG_PID" ;; bare) echo "$BARE_PID" ;; *) echo "" ;; esac
 }
 
 run_wrk() { # case-spec round
@@ -503,7 +523,7 @@ run_wrk() { # case-spec round
         *) args=(-H "Authorization: Bearer ${TOK[$kind]}") ;;
     esac
     out="$WORK/raw/$id.r$round.wrk"
-    c0=$([[ -n $pid ]] && cpu_ticks "$pid" || echo 0)
+    c0=$([[ -n $pid ]] && cpu_ticks "$pid" || echo "0 0")
     if [[ $kind == fresh-* ]]; then
         taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s --latency "${args[@]}" \
             "$url" -- "$WORK/${kind#fresh-}.pool" > "$out" 2>&1 || true
@@ -511,11 +531,11 @@ run_wrk() { # case-spec round
         taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s --latency "${args[@]}" \
             "$url" > "$out" 2>&1 || true
     fi
-    c1=$([[ -n $pid ]] && cpu_ticks "$pid" || echo 0)
+    c1=$([[ -n $pid ]] && cpu_ticks "$pid" || echo "0 0")
     if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
         die "$proxy died during '$label'" "$(tail -n 20 "$WORK/$proxy.log")"
     fi
-    local rps req p50 p99 non2xx sockerr wrapped=0 cpu="nan"
+    local rps req p50 p99 non2xx sockerr wrapped=0 cpu="nan" sys="nan"
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
     req=$(awk '/ requests in / {print $1}' "$out")
     p50=$(awk '/^ +50%/ {print $2}' "$out")
@@ -525,10 +545,13 @@ run_wrk() { # case-spec round
     [[ -n "$rps" && -n "$req" && -n "$p99" ]] || die "could not parse wrk output for '$label'" "$(cat "$out")"
     if [[ $kind == fresh-* ]] && (( req + CONNS > FRESH_TOKENS )); then wrapped=1; fi
     if [[ -n $pid ]] && ((req > 0)); then
-        cpu=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$req" 'BEGIN {printf "%.2f", t * 1e6 / hz / n}')
+        local u0 s0 u1 s1
+        read -r u0 s0 <<<"$c0"; read -r u1 s1 <<<"$c1"
+        cpu=$(awk -v t=$((u1 + s1 - u0 - s0)) -v hz="$CLK_TCK" -v n="$req" 'BEGIN {printf "%.2f", t * 1e6 / hz / n}')
+        sys=$(awk -v t=$((s1 - s0)) -v hz="$CLK_TCK" -v n="$req" 'BEGIN {printf "%.2f", t * 1e6 / hz / n}')
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$round" "$rps" "$(to_ms "$p50")" \
-        "$(to_ms "$p99")" "$cpu" "$req" "${non2xx:-0}" "${sockerr:-0}" "$wrapped" >> "$WORK/wrk.tsv"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$round" "$rps" "$(to_ms "$p50")" \
+        "$(to_ms "$p99")" "$cpu" "$req" "${non2xx:-0}" "${sockerr:-0}" "$wrapped" "$sys" >> "$WORK/wrk.tsv"
     say "  $(printf '%-42s' "$label") $(printf '%9.0f' "$rps") req/s  p50 $p50  p99 $p99  cpu ${cpu} µs/req${non2xx:+  NON-2XX $non2xx}"
 }
 
