@@ -135,7 +135,7 @@ impl Wakers {
         match s.entries.get_mut(r.index as usize) {
             Some(Some(e)) if e.fired => true,
             Some(Some(e)) => {
-                if id != r.waker {
+                if id != r.waker || e.waker.is_none() {
                     e.waker = Some(cx.waker().clone());
                     r.waker = id;
                 }
@@ -158,13 +158,16 @@ impl Wakers {
         }
     }
 
-    /// Moves a registration's deadline (it has not fired, then).
-    fn reset(&self, r: &Registered, deadline: Instant) {
+    /// Moves a registration's deadline and re-arms it. If it had fired,
+    /// its waker was taken with it: the next poll must store one again, so
+    /// the remembered waker is forgotten (the lock-free check then fails).
+    fn reset(&self, r: &mut Registered, deadline: Instant) {
         let mut s = lock(&self.shards[r.shard as usize].slab);
         if let Some(Some(e)) = s.entries.get_mut(r.index as usize) {
             e.deadline = Some(deadline);
             e.fired = false;
         }
+        r.waker = (0, 0);
     }
 
     /// Fires the entries `due` selects; returns how many are still waiting.
@@ -293,7 +296,7 @@ impl Sleep {
         if let Some(f) = &mut self.fallback {
             f.as_mut().reset(deadline.into());
         }
-        if let Some(r) = &self.registered {
+        if let Some(r) = &mut self.registered {
             WHEEL.wakers.reset(r, deadline);
         }
     }
@@ -527,6 +530,25 @@ mod tests {
         // ...then moved close: it fires.
         s.reset(Instant::now() + Duration::from_millis(30));
         s.await;
+    }
+
+    /// hyper's HTTP/2 keep-alive resets a sleep that has fired; it must
+    /// fire again (the first firing took its waker).
+    #[tokio::test]
+    async fn a_fired_sleep_that_is_reset_fires_again() {
+        let bound = Duration::from_secs(5);
+        let mut s = Box::pin(sleep(Duration::from_millis(20)));
+        tokio::time::timeout(bound, s.as_mut())
+            .await
+            .expect("fires");
+        for wait in [60, 10] {
+            let start = Instant::now();
+            s.reset(Instant::now() + Duration::from_millis(wait));
+            tokio::time::timeout(bound, s.as_mut())
+                .await
+                .expect("a reset sleep fires again");
+            assert!(start.elapsed() >= Duration::from_millis(wait));
+        }
     }
 
     #[test]
