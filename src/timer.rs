@@ -10,10 +10,13 @@
 //!
 //! Here a deadline is an entry in a slab: registering is a push under an
 //! uncontended per-worker mutex, cancelling (dropping the future) a pop.
-//! One `authgate-timer` thread looks at every slab each [`TICK`] and wakes
+//! One `authgate-timer` thread looks at the slabs each [`TICK`] and wakes
 //! what is due, so a deadline fires between 0 and `TICK` late — nothing
-//! here is configured finer than a second. The thread parks when no
-//! deadline is pending, so an idle gateway does not wake up for it.
+//! here is configured finer than a second. A slab is only scanned once its
+//! earliest deadline has come (10,000 idle keep-alive connections are
+//! 10,000 entries, not worth reading twenty times a second). The thread
+//! parks when no deadline is pending, so an idle gateway does not wake up
+//! for it.
 //!
 //! Deadlines never fire early: an entry is due only when the clock read at
 //! the tick has passed it.
@@ -45,6 +48,18 @@ struct Slab {
     entries: Vec<Option<Entry>>,
     free: Vec<u32>,
     live: usize,
+    /// No unfired deadline in this slab is earlier than this (it may be
+    /// earlier than the earliest one left: entries removed since are not
+    /// subtracted). The ticker skips the slab until then.
+    next_due: Option<Instant>,
+}
+
+impl Slab {
+    fn due_no_later_than(&mut self, deadline: Option<Instant>) {
+        if let Some(d) = deadline {
+            self.next_due = Some(self.next_due.map_or(d, |n| n.min(d)));
+        }
+    }
 }
 
 #[derive(Default)]
@@ -103,6 +118,7 @@ impl Wakers {
             waker: Some(waker.clone()),
             fired: false,
         });
+        s.due_no_later_than(deadline);
         let index = match s.free.pop() {
             Some(i) => {
                 s.entries[i as usize] = entry;
@@ -167,28 +183,48 @@ impl Wakers {
             e.deadline = Some(deadline);
             e.fired = false;
         }
+        s.due_no_later_than(Some(deadline));
         r.waker = (0, 0);
     }
 
-    /// Fires the entries `due` selects; returns how many are still waiting.
-    fn fire(&self, due: impl Fn(&Entry) -> bool, woken: &mut Vec<Waker>) -> usize {
+    /// Fires every entry whose deadline is at or before `now`, or every
+    /// entry when `now` is `None`; returns how many entries are left.
+    fn fire(&self, now: Option<Instant>, woken: &mut Vec<Waker>) -> usize {
         let mut pending = 0;
         for cell in self.shards.iter() {
             let mut s = lock(&cell.slab);
             if s.live == 0 {
                 continue;
             }
-            let before = woken.len();
-            for e in s.entries.iter_mut().flatten() {
-                if !e.fired && due(e) {
-                    e.fired = true;
-                    woken.extend(e.waker.take());
+            pending += s.live;
+            if let (Some(now), Some(next)) = (now, s.next_due) {
+                if next > now {
+                    continue;
                 }
             }
-            if woken.len() != before {
+            let mut any = false;
+            let mut next_due: Option<Instant> = None;
+            for e in s.entries.iter_mut().flatten() {
+                if e.fired {
+                    continue;
+                }
+                let due = match (now, e.deadline) {
+                    (None, _) => true,
+                    (Some(now), Some(d)) => d <= now,
+                    (Some(_), None) => false,
+                };
+                if due {
+                    e.fired = true;
+                    any = true;
+                    woken.extend(e.waker.take());
+                } else if let Some(d) = e.deadline {
+                    next_due = Some(next_due.map_or(d, |n| n.min(d)));
+                }
+            }
+            s.next_due = next_due;
+            if any {
                 cell.fired.fetch_add(1, Ordering::Release);
             }
-            pending += s.live;
         }
         // Woken by the caller, outside the locks: a waker may run its task.
         pending
@@ -231,9 +267,7 @@ fn tick_forever() {
         std::thread::sleep(TICK);
         let wheel = &*WHEEL;
         let now = Instant::now();
-        let pending = wheel
-            .wakers
-            .fire(|e| e.deadline.is_some_and(|d| d <= now), &mut woken);
+        let pending = wheel.wakers.fire(Some(now), &mut woken);
         for w in woken.drain(..) {
             w.wake();
         }
@@ -362,7 +396,7 @@ impl Signal {
     pub fn fire(&self) {
         self.fired.store(true, Ordering::SeqCst);
         let mut woken = Vec::new();
-        self.wakers.fire(|_| true, &mut woken);
+        self.wakers.fire(None, &mut woken);
         for w in woken {
             w.wake();
         }
@@ -549,6 +583,27 @@ mod tests {
                 .expect("a reset sleep fires again");
             assert!(start.elapsed() >= Duration::from_millis(wait));
         }
+    }
+
+    /// The ticker skips a slab until its earliest deadline: one far away
+    /// must not hide a nearer one registered after a scan.
+    #[tokio::test]
+    async fn a_far_deadline_does_not_hide_a_near_one() {
+        let bound = Duration::from_secs(5);
+        let mut far = Box::pin(sleep(Duration::from_secs(3600)));
+        assert!(futures_poll_once(far.as_mut()).is_pending());
+        // A scan fires this one and leaves the hour-long deadline as the
+        // slab's next one...
+        tokio::time::timeout(bound, sleep(Duration::from_millis(60)))
+            .await
+            .expect("near deadline");
+        // ...and a later, nearer deadline still fires.
+        let start = Instant::now();
+        tokio::time::timeout(bound, sleep(Duration::from_millis(80)))
+            .await
+            .expect("nearer deadline after a scan");
+        assert!(start.elapsed() >= Duration::from_millis(80));
+        assert!(futures_poll_once(far.as_mut()).is_pending());
     }
 
     #[test]
