@@ -12,7 +12,6 @@ use http::header::CONNECTION;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -35,39 +34,26 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Removes hop-by-hop headers and those named in `Connection`. One pass
-/// over the (usually few) headers; removals only when there is something
-/// to remove, and no allocation for the common single `Connection` value
+/// over the (usually few) headers finds what is there; removals only of
+/// that, and no allocation for the common single `Connection` value
 /// (`keep-alive` on nearly every upstream response).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Distinct hop-by-hop names present, and whether Connection is one.
-    let (mut names, mut connection) = (0usize, false);
+    // Whether Connection is present, and any other hop-by-hop header.
+    let (mut connection, mut others) = (false, false);
     for k in headers.keys().filter(|k| is_hop_by_hop(k)) {
-        names += 1;
-        connection |= *k == CONNECTION;
-    }
-    if names == 0 {
-        return;
-    }
-    if names == 1 && connection {
-        // Nearly every upstream response: a lone `Connection: keep-alive`,
-        // and no Keep-Alive header (it would have been counted).
-        let mut values = headers.get_all(CONNECTION).iter();
-        if let (Some(v), None) = (values.next(), values.next()) {
-            if v.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
-                headers.remove(CONNECTION);
-                return;
-            }
+        if *k == CONNECTION {
+            connection = true;
+        } else {
+            others = true;
         }
     }
-    let mut connection = headers.get_all(CONNECTION).iter();
-    match (connection.next(), connection.next()) {
-        (None, _) => {}
-        (Some(_), None) => {
+    if connection {
+        let mut values = headers.get_all(CONNECTION).iter();
+        if values.next().is_some() && values.next().is_none() {
             if let Some(v) = headers.remove(CONNECTION) {
                 remove_named(headers, &v);
             }
-        }
-        (Some(_), Some(_)) => {
+        } else {
             let values: Vec<HeaderValue> = headers.get_all(CONNECTION).iter().cloned().collect();
             headers.remove(CONNECTION);
             for v in &values {
@@ -75,22 +61,29 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    // What is left: hop-by-hop headers not named in `Connection`.
-    while let Some(name) = headers.keys().find(|k| is_hop_by_hop(k)).cloned() {
-        headers.remove(name);
+    // Hop-by-hop headers go whether or not `Connection` named them.
+    if others {
+        while let Some(name) = headers.keys().find(|k| is_hop_by_hop(k)).cloned() {
+            headers.remove(name);
+        }
     }
 }
 
 /// Removes every header a `Connection` value names (tokens that are not
-/// header names name nothing).
+/// header names name nothing). Hop-by-hop names are left to
+/// [`strip_hop_by_hop`], which removes those headers anyway — so the usual
+/// `keep-alive` token costs no lookup.
 fn remove_named(headers: &mut HeaderMap, value: &HeaderValue) {
     let Ok(v) = value.to_str() else { return };
     for token in v.split(',') {
         let token = token.trim();
         if token.eq_ignore_ascii_case("keep-alive") {
-            headers.remove(KEEP_ALIVE);
-        } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-            headers.remove(name);
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            if !is_hop_by_hop(&name) {
+                headers.remove(name);
+            }
         }
     }
 }
@@ -274,6 +267,42 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-c"], "kept");
+    }
+
+    proptest::proptest! {
+        /// Against the definition: every hop-by-hop header and every header
+        /// any `Connection` value names is gone, and nothing else.
+        #[test]
+        fn strips_exactly_hop_by_hop_and_connection_named(
+            headers in proptest::collection::vec((0..8usize, 0..6usize), 0..10),
+        ) {
+            const NAMES: [&str; 8] = [
+                "connection", "keep-alive", "te", "upgrade", "x-a", "close", "accept", "proxy-connection",
+            ];
+            const VALUES: [&str; 6] = ["keep-alive", "x-a", "close, te", "Keep-Alive, accept", "a b", "1"];
+            let mut h = HeaderMap::new();
+            for (n, v) in headers {
+                h.append(NAMES[n], HeaderValue::from_static(VALUES[v]));
+            }
+            let named: Vec<String> = h
+                .get_all(CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect();
+            let mut want = h.clone();
+            let doomed: Vec<HeaderName> = h
+                .keys()
+                .filter(|k| is_hop_by_hop(k) || named.iter().any(|n| n == k.as_str()))
+                .cloned()
+                .collect();
+            for k in doomed {
+                want.remove(k);
+            }
+            strip_hop_by_hop(&mut h);
+            proptest::prop_assert_eq!(h, want);
+        }
     }
 
     #[test]
