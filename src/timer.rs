@@ -36,7 +36,8 @@ pub const TICK: Duration = Duration::from_millis(50);
 const SHARDS: usize = 64;
 
 struct Entry {
-    /// `None`: fired only by [`Wakers::fire_all`].
+    /// `None`: fired only by [`Wakers::fire`] without a clock (the drain
+    /// signal).
     deadline: Option<Instant>,
     waker: Option<Waker>,
     fired: bool,
@@ -264,23 +265,33 @@ static WHEEL: LazyLock<Wheel> = LazyLock::new(|| {
 fn tick_forever() {
     let mut woken: Vec<Waker> = Vec::new();
     loop {
-        std::thread::sleep(TICK);
-        let wheel = &*WHEEL;
-        let now = Instant::now();
-        let pending = wheel.wakers.fire(Some(now), &mut woken);
-        for w in woken.drain(..) {
-            w.wake();
+        // Every deadline of the process hangs on this thread: a panic here
+        // (in a waker, say) must not end it, or every timeout would fail
+        // open from then on.
+        let tick = std::panic::AssertUnwindSafe(|| tick(&mut woken));
+        if std::panic::catch_unwind(tick).is_err() {
+            woken.clear();
+            tracing::error!("the timer thread recovered from a panic");
         }
-        if pending == 0 {
-            wheel.parked.store(true, Ordering::SeqCst);
-            // Re-checked after announcing the park: a registration that
-            // saw `parked == false` has already put its entry where this
-            // looks.
-            if wheel.wakers.is_empty() {
-                std::thread::park();
-            }
-            wheel.parked.store(false, Ordering::SeqCst);
+    }
+}
+
+/// One tick: sleep, wake what is due, park when nothing is pending.
+fn tick(woken: &mut Vec<Waker>) {
+    std::thread::sleep(TICK);
+    let wheel = &*WHEEL;
+    let pending = wheel.wakers.fire(Some(Instant::now()), woken);
+    for w in woken.drain(..) {
+        w.wake();
+    }
+    if pending == 0 {
+        wheel.parked.store(true, Ordering::SeqCst);
+        // Re-checked after announcing the park: a registration that saw
+        // `parked == false` has already put its entry where this looks.
+        if wheel.wakers.is_empty() {
+            std::thread::park();
         }
+        wheel.parked.store(false, Ordering::SeqCst);
     }
 }
 
@@ -506,29 +517,20 @@ impl<F: Future> Future for Timeout<F> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HyperTimer;
 
-struct HyperSleep(Sleep);
-
-impl Future for HyperSleep {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        Pin::new(&mut self.0).poll(cx)
-    }
-}
-
-impl hyper::rt::Sleep for HyperSleep {}
+impl hyper::rt::Sleep for Sleep {}
 
 impl hyper::rt::Timer for HyperTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(HyperSleep(sleep(duration)))
+        Box::pin(sleep(duration))
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(HyperSleep(sleep_until(deadline)))
+        Box::pin(sleep_until(deadline))
     }
 
     fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: Instant) {
-        match sleep.as_mut().downcast_mut_pin::<HyperSleep>() {
-            Some(mut s) => s.0.reset(new_deadline),
+        match sleep.as_mut().downcast_mut_pin::<Sleep>() {
+            Some(mut s) => s.reset(new_deadline),
             None => *sleep = self.sleep_until(new_deadline),
         }
     }
