@@ -68,7 +68,8 @@ impl JwksStore {
     }
 
     async fn fetch_locked(&self, client: &UpstreamClient, metrics: &Metrics) -> bool {
-        let result = fetch_keys(&self.url, client).await;
+        let previous = self.current();
+        let result = fetch_keys(&self.url, client, previous.as_deref()).await;
         let ok = match result {
             Ok(set) => {
                 self.store(Arc::new(set));
@@ -124,8 +125,12 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// One fetch, bounded as a whole: a server that sends headers and then
 /// stalls must not hold the single-flight lock (and every request waiting
 /// on an unknown `kid`) forever.
-async fn fetch_keys(url: &http::Uri, client: &UpstreamClient) -> Result<KeySet, &'static str> {
-    tokio::time::timeout(FETCH_TIMEOUT, fetch_keys_unbounded(url, client))
+async fn fetch_keys(
+    url: &http::Uri,
+    client: &UpstreamClient,
+    previous: Option<&KeySet>,
+) -> Result<KeySet, &'static str> {
+    tokio::time::timeout(FETCH_TIMEOUT, fetch_keys_unbounded(url, client, previous))
         .await
         .map_err(|_| "timed out")?
 }
@@ -133,6 +138,7 @@ async fn fetch_keys(url: &http::Uri, client: &UpstreamClient) -> Result<KeySet, 
 async fn fetch_keys_unbounded(
     url: &http::Uri,
     client: &UpstreamClient,
+    previous: Option<&KeySet>,
 ) -> Result<KeySet, &'static str> {
     let request = http::Request::get(url.clone())
         .header(http::header::ACCEPT, "application/json")
@@ -150,6 +156,6 @@ async fn fetch_keys_unbounded(
         .await
         .map_err(|_| "body unreadable or too large")?
         .to_bytes();
-    let keys = super::parse_jwks(&body).map_err(|_| "not a usable JWK Set")?;
+    let keys = super::parse_jwks(&body, previous).map_err(|_| "not a usable JWK Set")?;
     Ok(KeySet { keys })
 }

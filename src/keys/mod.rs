@@ -10,6 +10,7 @@
 pub mod assertion;
 pub mod introspect;
 pub mod jwks;
+pub mod p256;
 pub mod refresh;
 
 use aws_lc_rs::{hmac, signature};
@@ -39,8 +40,50 @@ pub struct VerifyKey {
 enum Prepared {
     /// HS256, HS384, HS512.
     Hmac(Box<[hmac::Key; 3]>),
-    /// Every algorithm of the key's family that the key can verify.
-    Public(Vec<(Algorithm, signature::ParsedPublicKey)>),
+    /// Every algorithm of the key's family that the key can verify; for a
+    /// P-256 key that may verify ES256, its table of multiples too
+    /// ([`p256::P256Key`], used instead of aws-lc for ES256).
+    Public(
+        Vec<(Algorithm, signature::ParsedPublicKey)>,
+        Option<Arc<p256::P256Key>>,
+    ),
+}
+
+/// How many ES256 tables one key set may hold ([`p256::P256Key`], 264 KiB
+/// and a few ms of CPU each). A JWKS document may list thousands of keys;
+/// those past the budget verify through aws-lc, as every other algorithm.
+pub const MAX_TABLES_PER_SET: usize = 4;
+
+/// Where a key set's ES256 tables come from while it is prepared: the
+/// previous set of the same issuer (a JWKS refresh that brings the same
+/// keys builds nothing), else built, while the budget lasts.
+pub struct Tables<'a> {
+    previous: Option<&'a KeySet>,
+    left: usize,
+}
+
+impl<'a> Tables<'a> {
+    pub fn new(previous: Option<&'a KeySet>) -> Tables<'a> {
+        Tables {
+            previous,
+            left: MAX_TABLES_PER_SET,
+        }
+    }
+
+    fn get(&mut self, point: &[u8]) -> Option<Arc<p256::P256Key>> {
+        if self.left == 0 {
+            return None;
+        }
+        let reused = self.previous.and_then(|set| {
+            set.keys.iter().find_map(|k| match &k.prepared {
+                Prepared::Public(_, Some(t)) if t.point() == point => Some(t.clone()),
+                _ => None,
+            })
+        });
+        let table = reused.or_else(|| p256::P256Key::from_sec1(point).map(Arc::new))?;
+        self.left -= 1;
+        Some(table)
+    }
 }
 
 impl std::fmt::Debug for VerifyKey {
@@ -66,6 +109,7 @@ impl VerifyKey {
         alg: Option<Algorithm>,
         family: AlgorithmFamily,
         key: &DecodingKey,
+        tables: &mut Tables,
     ) -> Option<VerifyKey> {
         let prepared = match (family, key.kind()) {
             (AlgorithmFamily::Hmac, DecodingKeyKind::SecretOrDer(secret)) => {
@@ -99,7 +143,14 @@ impl VerifyKey {
                 if parsed.is_empty() {
                     return None;
                 }
-                Prepared::Public(parsed)
+                // Only a key aws-lc accepted for ES256 gets a table, and
+                // only from the uncompressed point aws-lc parsed.
+                let es256 = parsed
+                    .iter()
+                    .any(|(a, _)| *a == Algorithm::ES256)
+                    .then(|| tables.get(bytes))
+                    .flatten();
+                Prepared::Public(parsed, es256)
             }
         };
         Some(VerifyKey {
@@ -135,10 +186,13 @@ impl VerifyKey {
                 // Constant-time comparison.
                 hmac::verify(key, message, signature).is_ok()
             }
-            Prepared::Public(keys) => {
+            Prepared::Public(keys, es256) => {
                 let Some((_, key)) = keys.iter().find(|(a, _)| *a == alg) else {
                     return false;
                 };
+                if let (Algorithm::ES256, Some(table)) = (alg, es256) {
+                    return table.verify(message, signature);
+                }
                 let mut der = [0u8; MAX_ECDSA_DER];
                 let signature = match alg {
                     Algorithm::ES256 => ecdsa_fixed_to_der(signature, 32, &mut der),
@@ -294,7 +348,7 @@ pub fn load_key_file(path: &Path) -> Result<Vec<VerifyKey>, String> {
         std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
     let trimmed = bytes.trim_ascii_start();
     if trimmed.first() == Some(&b'{') {
-        return parse_jwks(trimmed).map_err(|e| format!("`{}`: {e}", path.display()));
+        return parse_jwks(trimmed, None).map_err(|e| format!("`{}`: {e}", path.display()));
     }
     parse_public_pem(&bytes)
         .map(|k| vec![k])
@@ -318,9 +372,14 @@ pub fn parse_public_pem(pem: &[u8]) -> Result<VerifyKey, String> {
     ];
     for (family, parse) in attempts {
         if let Ok(key) = parse(pem) {
-            return VerifyKey::prepare(None, None, family, &key).ok_or_else(|| match family {
-                AlgorithmFamily::Rsa => "RSA key too small or too large (2048 to 8192 bits)".into(),
-                _ => "public key cannot verify any supported algorithm".into(),
+            let mut tables = Tables::new(None);
+            return VerifyKey::prepare(None, None, family, &key, &mut tables).ok_or_else(|| {
+                match family {
+                    AlgorithmFamily::Rsa => {
+                        "RSA key too small or too large (2048 to 8192 bits)".into()
+                    }
+                    _ => "public key cannot verify any supported algorithm".into(),
+                }
             });
         }
     }
@@ -332,9 +391,11 @@ pub fn parse_public_pem(pem: &[u8]) -> Result<VerifyKey, String> {
 
 /// Parses a JWK Set. Keys with `use` other than `sig`, symmetric (`oct`)
 /// keys, keys for encryption algorithms and malformed keys are skipped; a
-/// set left without any usable key is an error.
-pub fn parse_jwks(bytes: &[u8]) -> Result<Vec<VerifyKey>, String> {
+/// set left without any usable key is an error. ES256 tables of keys that
+/// are in `previous` too are reused ([`Tables`]).
+pub fn parse_jwks(bytes: &[u8], previous: Option<&KeySet>) -> Result<Vec<VerifyKey>, String> {
     let set: JwkSet = serde_json::from_slice(bytes).map_err(|e| format!("not a JWK Set: {e}"))?;
+    let mut tables = Tables::new(previous);
     let mut keys = Vec::new();
     for jwk in &set.keys {
         if matches!(&jwk.common.public_key_use, Some(u) if *u != PublicKeyUse::Signature) {
@@ -356,7 +417,9 @@ pub fn parse_jwks(bytes: &[u8]) -> Result<Vec<VerifyKey>, String> {
         let Ok(key) = DecodingKey::from_jwk(jwk) else {
             continue;
         };
-        if let Some(key) = VerifyKey::prepare(jwk.common.key_id.clone(), alg, family, &key) {
+        if let Some(key) =
+            VerifyKey::prepare(jwk.common.key_id.clone(), alg, family, &key, &mut tables)
+        {
             keys.push(key);
         }
     }
@@ -374,6 +437,7 @@ pub fn hmac_keyset(secret: &SecretSlice<u8>) -> KeySet {
             None,
             AlgorithmFamily::Hmac,
             &DecodingKey::from_secret(secret.expose_secret()),
+            &mut Tables::new(None),
         )
         .into_iter()
         .collect(),
@@ -438,9 +502,9 @@ mod tests {
         .expect_err("private")
         .contains("PRIVATE"));
         assert!(parse_public_pem(b"hello").is_err());
-        assert!(parse_jwks(b"{\"keys\": []}").is_err());
-        assert!(parse_jwks(b"{\"keys\": [{\"kty\":\"oct\",\"k\":\"c2VjcmV0\"}]}").is_err());
-        assert!(parse_jwks(b"<html>").is_err());
+        assert!(parse_jwks(b"{\"keys\": []}", None).is_err());
+        assert!(parse_jwks(b"{\"keys\": [{\"kty\":\"oct\",\"k\":\"c2VjcmV0\"}]}", None).is_err());
+        assert!(parse_jwks(b"<html>", None).is_err());
     }
 
     #[test]
@@ -453,7 +517,7 @@ mod tests {
             {"kty":"EC","crv":"P-256","kid":"c","alg":"RS256",
              "x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}
         ]}"#;
-        let keys = parse_jwks(set).expect("one usable key");
+        let keys = parse_jwks(set, None).expect("one usable key");
         assert_eq!(keys.len(), 1);
         assert_eq!(keys[0].kid.as_deref(), Some("a"));
         let ks = KeySet { keys };
@@ -461,6 +525,85 @@ mod tests {
         assert_eq!(ks.candidates(Some("a"), Algorithm::ES384).count(), 0);
         assert_eq!(ks.candidates(Some("z"), Algorithm::ES256).count(), 0);
         assert_eq!(ks.candidates(None, Algorithm::HS256).count(), 0);
+    }
+
+    /// A P-256 key from a PEM file or from a JWK gets its table, so ES256
+    /// takes the table path; the JWK-built key verifies what the PEM key
+    /// signs, and a P-384 key gets none.
+    #[test]
+    fn p256_keys_get_a_table_from_pem_and_jwk() {
+        use jsonwebtoken::crypto::sign;
+        use jsonwebtoken::jwk::Jwk;
+        use jsonwebtoken::EncodingKey;
+        let has_table = |k: &VerifyKey| matches!(k.prepared, Prepared::Public(_, Some(_)));
+        let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("ec");
+        let pem = parse_public_pem(ec.public_key_pem().as_bytes()).expect("pem");
+        assert!(has_table(&pem));
+        let enc = EncodingKey::from_ec_pem(ec.serialize_pem().as_bytes()).expect("enc");
+        let jwk = Jwk::from_encoding_key(&enc, Algorithm::ES256).expect("jwk");
+        let set = serde_json::json!({ "keys": [jwk] }).to_string();
+        let from_jwk = parse_jwks(set.as_bytes(), None).expect("jwks").remove(0);
+        assert!(has_table(&from_jwk));
+        let msg = b"eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0";
+        let sig = sign(msg, &enc, Algorithm::ES256).expect("sign");
+        assert!(pem.verify(Algorithm::ES256, msg, &sig));
+        assert!(from_jwk.verify(Algorithm::ES256, msg, &sig));
+        assert!(!from_jwk.verify(Algorithm::ES256, b"x", &sig));
+        let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("p384");
+        let p384 = parse_public_pem(p384.public_key_pem().as_bytes()).expect("pem");
+        assert!(!has_table(&p384));
+    }
+
+    /// A JWKS with more P-256 keys than the table budget: the first
+    /// `MAX_TABLES_PER_SET` get tables, the others verify through aws-lc,
+    /// all of them correctly; a refresh bringing the same keys reuses the
+    /// tables instead of building them again.
+    #[test]
+    fn p256_tables_are_budgeted_and_reused() {
+        use jsonwebtoken::crypto::sign;
+        use jsonwebtoken::jwk::Jwk;
+        use jsonwebtoken::EncodingKey;
+        let table = |k: &VerifyKey| match &k.prepared {
+            Prepared::Public(_, t) => t.clone(),
+            Prepared::Hmac(_) => None,
+        };
+        let encs: Vec<EncodingKey> = (0..MAX_TABLES_PER_SET + 2)
+            .map(|_| {
+                let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("ec");
+                EncodingKey::from_ec_pem(ec.serialize_pem().as_bytes()).expect("enc")
+            })
+            .collect();
+        let jwks: Vec<_> = encs
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let mut j =
+                    serde_json::to_value(Jwk::from_encoding_key(e, Algorithm::ES256).expect("jwk"))
+                        .expect("json");
+                j["kid"] = format!("k{i}").into();
+                j
+            })
+            .collect();
+        let set = serde_json::json!({ "keys": jwks }).to_string();
+        let first = KeySet {
+            keys: parse_jwks(set.as_bytes(), None).expect("jwks"),
+        };
+        let with_table = first.keys.iter().filter(|k| table(k).is_some()).count();
+        assert_eq!(with_table, MAX_TABLES_PER_SET);
+        let msg = b"eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0";
+        for (key, enc) in first.keys.iter().zip(&encs) {
+            let sig = sign(msg, enc, Algorithm::ES256).expect("sign");
+            assert!(key.verify(Algorithm::ES256, msg, &sig));
+            assert!(!key.verify(Algorithm::ES256, b"x", &sig));
+        }
+        let again = parse_jwks(set.as_bytes(), Some(&first)).expect("jwks");
+        for (a, b) in first.keys.iter().zip(&again) {
+            match (table(a), table(b)) {
+                (Some(a), Some(b)) => assert!(Arc::ptr_eq(&a, &b), "table rebuilt"),
+                (None, None) => {}
+                _ => panic!("table budget differs between refreshes"),
+            }
+        }
     }
 
     /// Every family through the prepared path: a good signature verifies
@@ -491,7 +634,7 @@ mod tests {
                 None => drop(jwk.as_object_mut().expect("object").remove("alg")),
             }
             let set = serde_json::json!({ "keys": [jwk] }).to_string();
-            parse_jwks(set.as_bytes()).expect("jwks").remove(0)
+            parse_jwks(set.as_bytes(), None).expect("jwks").remove(0)
         };
         let rsa_any = rsa_jwk(None);
         let rsa_rs256_only = rsa_jwk(Some("RS256"));
@@ -609,14 +752,17 @@ mod tests {
                 kid: None,
                 alg: None,
                 family: AlgorithmFamily::Ec,
-                prepared: Prepared::Public(vec![(
-                    jwt_alg,
-                    signature::ParsedPublicKey::new(
-                        public_algorithm(jwt_alg).expect("alg"),
-                        &public,
-                    )
-                    .expect("parsed"),
-                )]),
+                prepared: Prepared::Public(
+                    vec![(
+                        jwt_alg,
+                        signature::ParsedPublicKey::new(
+                            public_algorithm(jwt_alg).expect("alg"),
+                            &public,
+                        )
+                        .expect("parsed"),
+                    )],
+                    None,
+                ),
             };
             for i in 0..40u8 {
                 let msg = [b'm', i];
