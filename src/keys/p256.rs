@@ -1071,6 +1071,63 @@ mod tests {
         }
     }
 
+    /// A key pair made once for the property tests.
+    fn fixed() -> &'static (EcdsaKeyPair, P256Key) {
+        static KEY: OnceLock<(EcdsaKeyPair, P256Key)> = OnceLock::new();
+        KEY.get_or_init(|| {
+            let pair = keypair();
+            let table = P256Key::from_sec1(pair.public_key().as_ref()).expect("table");
+            (pair, table)
+        })
+    }
+
+    proptest::proptest! {
+        /// Arbitrary bytes as the signature, arbitrary message: refused,
+        /// as aws-lc refuses them.
+        #[test]
+        fn arbitrary_signatures_refused_like_aws_lc(
+            message in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..48),
+            sig in proptest::collection::vec(proptest::prelude::any::<u8>(), 64),
+        ) {
+            let (pair, table) = fixed();
+            let ours = table.verify(&message, &sig);
+            proptest::prop_assert_eq!(ours, aws_lc(pair.public_key().as_ref(), &message, &sig));
+            proptest::prop_assert!(!ours);
+        }
+
+        /// A real signature XORed with arbitrary bytes: the same decision
+        /// as aws-lc (accepted only when nothing changed).
+        #[test]
+        fn tampered_signatures_decided_like_aws_lc(
+            message in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..48),
+            flips in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let (pair, table) = fixed();
+            let good = pair.sign(&SystemRandom::new(), &message).expect("sign");
+            let mut sig = good.as_ref().to_vec();
+            for (s, f) in sig.iter_mut().zip(&flips) {
+                *s ^= f;
+            }
+            let unchanged = flips.iter().all(|&f| f == 0);
+            let ours = table.verify(&message, &sig);
+            proptest::prop_assert_eq!(ours, aws_lc(pair.public_key().as_ref(), &message, &sig));
+            proptest::prop_assert_eq!(ours, unchanged);
+        }
+
+        /// Arbitrary coordinates: no table unless the point is on the curve
+        /// (and then aws-lc accepts the key too).
+        #[test]
+        fn arbitrary_points_refused(xy in proptest::collection::vec(proptest::prelude::any::<u8>(), 64)) {
+            let mut point = vec![4u8];
+            point.extend_from_slice(&xy);
+            let parsed = aws_lc_rs::signature::ParsedPublicKey::new(
+                &signature::ECDSA_P256_SHA256_FIXED,
+                &point,
+            );
+            proptest::prop_assert_eq!(P256Key::from_sec1(&point).is_some(), parsed.is_ok());
+        }
+    }
+
     #[test]
     fn other_keys_signature_refused() {
         let rng = SystemRandom::new();
