@@ -487,6 +487,23 @@ fn an_unknown_runtime_shape_is_refused_before_anything_starts() {
 }
 
 #[test]
+fn an_unknown_es256_mode_is_refused_before_anything_starts() {
+    let s = Setup::new();
+    let path = s.write(&s.config("127.0.0.1:9".parse().expect("addr"), ""));
+    let env = [ENV[0], ("AUTHGATE_ES256", "fastest")];
+    let r = authgate(&["run", "--config", path.to_str().expect("utf8")], &env);
+    assert_eq!(
+        r.code,
+        Some(1),
+        "stdout: {}\nstderr: {}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(r.stderr.contains("AUTHGATE_ES256"), "{}", r.stderr);
+    assert!(!r.stdout.contains("authgate serving"), "{}", r.stdout);
+}
+
+#[test]
 fn check_accepts_a_valid_file_and_summarizes_it() {
     let s = Setup::new();
     let path = s.write(&s.config("127.0.0.1:9".parse().expect("addr"), ""));

@@ -49,6 +49,28 @@ enum Prepared {
     ),
 }
 
+/// `AUTHGATE_ES256`: `table` (the default) verifies ES256 with the per-key
+/// tables of [`p256`]; `aws-lc` sends every ES256 signature through aws-lc,
+/// as every other algorithm, and builds no table. Any other value is an
+/// error (`authgate run` refuses to start).
+pub fn es256_tables(value: Option<&str>) -> Result<bool, String> {
+    match value {
+        None | Some("" | "table") => Ok(true),
+        Some("aws-lc") => Ok(false),
+        Some(other) => Err(format!(
+            "AUTHGATE_ES256={other:?}: expected `table` or `aws-lc`"
+        )),
+    }
+}
+
+/// [`es256_tables`] of this process's environment, read once.
+fn es256_tables_enabled() -> bool {
+    static ON: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        es256_tables(std::env::var("AUTHGATE_ES256").ok().as_deref()).unwrap_or(true)
+    });
+    *ON
+}
+
 /// How many ES256 tables one key set may hold ([`p256::P256Key`], 264 KiB
 /// and a few ms of CPU each). A JWKS document may list thousands of keys;
 /// those past the budget verify through aws-lc, as every other algorithm.
@@ -66,7 +88,11 @@ impl<'a> Tables<'a> {
     pub fn new(previous: Option<&'a KeySet>) -> Tables<'a> {
         Tables {
             previous,
-            left: MAX_TABLES_PER_SET,
+            left: if es256_tables_enabled() {
+                MAX_TABLES_PER_SET
+            } else {
+                0
+            },
         }
     }
 
@@ -552,6 +578,15 @@ mod tests {
         let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("p384");
         let p384 = parse_public_pem(p384.public_key_pem().as_bytes()).expect("pem");
         assert!(!has_table(&p384));
+    }
+
+    #[test]
+    fn es256_switch_values() {
+        assert_eq!(es256_tables(None), Ok(true));
+        assert_eq!(es256_tables(Some("")), Ok(true));
+        assert_eq!(es256_tables(Some("table")), Ok(true));
+        assert_eq!(es256_tables(Some("aws-lc")), Ok(false));
+        assert!(es256_tables(Some("fast")).is_err_and(|e| e.contains("AUTHGATE_ES256")));
     }
 
     /// A JWKS with more P-256 keys than the table budget: the first
