@@ -4,15 +4,17 @@
 //! with `r`. aws-lc computes the `u2·Q` half with 255 point doublings,
 //! because it knows nothing about `Q` in advance. A gateway verifies many
 //! signatures with the same few keys, so this module pays once, when a key
-//! is loaded, for a table of multiples of `Q` (and of `G`, once per
-//! process): `d·2^(7i)·Q` for `d` in 1..=64 and each 7-bit window `i`. A
-//! verification is then 37 + 37 additions of table entries and no doubling
-//! at all (about half of aws-lc's cost on this machine; README,
-//! *Performance*).
+//! is loaded, for a table of multiples of `Q`: `d·2^(8i)·Q` for `d` in
+//! 1..=128 and each 8-bit window `i` (and of `G` with 10-bit windows, once
+//! per process). A verification is then at most 26 + 33 additions of table
+//! entries and no doubling at all: about half of aws-lc's cost on this
+//! machine (README, *Performance*).
 //!
 //! What it is built from:
 //! - field and scalar arithmetic: `fiat-crypto`'s `p256_64` and
-//!   `p256_scalar_64`, machine-checked Montgomery arithmetic (safe Rust);
+//!   `p256_scalar_64`, machine-checked Montgomery arithmetic (safe Rust),
+//!   except the field product, written here for P-256's prime
+//!   (`mont_mul`) and tested equal to fiat's;
 //! - point addition: the complete formulas of Renes, Costello and Batina
 //!   (2015/1060, algorithms 4 and 5, `a = −3`). They have no exceptional
 //!   case: doubling, adding a point's negation and adding to the identity
@@ -25,8 +27,9 @@
 //! Every public-key check of the ECDSA definition is here: `r` and `s` in
 //! `[1, n−1]`, `Q` on the curve (and, the cofactor being 1, in the group),
 //! the sum not the identity, `x mod n == r`. The test suite compares every
-//! decision with aws-lc's on random keys, on tampered signatures and on the
-//! edge values, and a fuzz target does the same on arbitrary input.
+//! decision with aws-lc's on random keys, on tampered signatures, on
+//! arbitrary input and on the edge values; the fuzz target `p256_verify`
+//! does the same.
 
 use fiat_crypto::p256_64 as fp;
 use fiat_crypto::p256_scalar_64 as fs;
