@@ -1131,6 +1131,43 @@ mod tests {
         }
     }
 
+    /// Wycheproof's ECDSA P-256/SHA-256 vectors in the JWS (P1363 `r ‖ s`)
+    /// form: every valid signature verifies, every invalid one is refused
+    /// (out-of-range and modified `r`/`s`, `r + n`, special points and
+    /// Shamir-trick edge cases, arithmetic edge cases among them), and the
+    /// "acceptable" ones are decided as aws-lc decides them.
+    #[test]
+    fn wycheproof_p1363_vectors() {
+        use wycheproof::ecdsa::{TestName, TestSet};
+        use wycheproof::TestResult;
+        let set = TestSet::load(TestName::EcdsaSecp256r1Sha256P1363).expect("vectors");
+        let (mut valid, mut invalid) = (0, 0);
+        for group in &set.test_groups {
+            let point: &[u8] = &group.key.key;
+            let key = P256Key::from_sec1(point);
+            for t in &group.tests {
+                let ours = key.as_ref().is_some_and(|k| k.verify(&t.msg, &t.sig));
+                match t.result {
+                    TestResult::Valid => {
+                        assert!(ours, "tc {} refused: {}", t.tc_id, t.comment);
+                        valid += 1;
+                    }
+                    TestResult::Invalid => {
+                        assert!(!ours, "tc {} accepted: {}", t.tc_id, t.comment);
+                        invalid += 1;
+                    }
+                    TestResult::Acceptable => {
+                        assert_eq!(ours, aws_lc(point, &t.msg, &t.sig), "tc {}", t.tc_id);
+                    }
+                }
+            }
+        }
+        assert!(
+            valid > 150 && invalid > 80,
+            "{valid} valid, {invalid} invalid"
+        );
+    }
+
     #[test]
     fn other_keys_signature_refused() {
         let rng = SystemRandom::new();
