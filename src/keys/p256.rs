@@ -159,6 +159,47 @@ fn pow<T: Copy>(base: T, exp: &[u64; 4], one: T, mul: impl Fn(&T, &T) -> T) -> T
     acc
 }
 
+/// fiat's Montgomery-domain element types, one per modulus: each is a
+/// `[u64; 4]` newtype.
+trait Limbs: Copy {
+    fn new(limbs: [u64; 4]) -> Self;
+    fn limbs(self) -> [u64; 4];
+}
+
+impl Limbs for fp::fiat_p256_montgomery_domain_field_element {
+    fn new(limbs: [u64; 4]) -> Self {
+        Self(limbs)
+    }
+    fn limbs(self) -> [u64; 4] {
+        self.0
+    }
+}
+
+impl Limbs for fs::fiat_p256_scalar_montgomery_domain_field_element {
+    fn new(limbs: [u64; 4]) -> Self {
+        Self(limbs)
+    }
+    fn limbs(self) -> [u64; 4] {
+        self.0
+    }
+}
+
+/// Runs a one-operand fiat function (`out = f(a)`) on raw limbs.
+#[inline(always)]
+fn fiat1<T: Limbs>(f: fn(&mut T, &T), a: [u64; 4]) -> [u64; 4] {
+    let mut out = T::new([0; 4]);
+    f(&mut out, &T::new(a));
+    out.limbs()
+}
+
+/// Runs a two-operand fiat function (`out = f(a, b)`) on raw limbs.
+#[inline(always)]
+fn fiat2<T: Limbs>(f: fn(&mut T, &T, &T), a: [u64; 4], b: [u64; 4]) -> [u64; 4] {
+    let mut out = T::new([0; 4]);
+    f(&mut out, &T::new(a), &T::new(b));
+    out.limbs()
+}
+
 // ---------------------------------------------------------------- field
 
 /// An element of GF(p) in Montgomery form, fully reduced (fiat's outputs
@@ -199,44 +240,22 @@ impl Fe {
 
     #[inline]
     fn square(&self) -> Fe {
-        let mut o = fp::fiat_p256_montgomery_domain_field_element([0; 4]);
-        fp::fiat_p256_square(
-            &mut o,
-            &fp::fiat_p256_montgomery_domain_field_element(self.0),
-        );
-        Fe(o.0)
+        Fe(fiat1(fp::fiat_p256_square, self.0))
     }
 
     #[inline]
     fn add(&self, b: &Fe) -> Fe {
-        let mut o = fp::fiat_p256_montgomery_domain_field_element([0; 4]);
-        fp::fiat_p256_add(
-            &mut o,
-            &fp::fiat_p256_montgomery_domain_field_element(self.0),
-            &fp::fiat_p256_montgomery_domain_field_element(b.0),
-        );
-        Fe(o.0)
+        Fe(fiat2(fp::fiat_p256_add, self.0, b.0))
     }
 
     #[inline]
     fn sub(&self, b: &Fe) -> Fe {
-        let mut o = fp::fiat_p256_montgomery_domain_field_element([0; 4]);
-        fp::fiat_p256_sub(
-            &mut o,
-            &fp::fiat_p256_montgomery_domain_field_element(self.0),
-            &fp::fiat_p256_montgomery_domain_field_element(b.0),
-        );
-        Fe(o.0)
+        Fe(fiat2(fp::fiat_p256_sub, self.0, b.0))
     }
 
     #[inline]
     fn neg(&self) -> Fe {
-        let mut o = fp::fiat_p256_montgomery_domain_field_element([0; 4]);
-        fp::fiat_p256_opp(
-            &mut o,
-            &fp::fiat_p256_montgomery_domain_field_element(self.0),
-        );
-        Fe(o.0)
+        Fe(fiat1(fp::fiat_p256_opp, self.0))
     }
 
     #[inline]
@@ -397,23 +416,12 @@ impl Sc {
     }
 
     fn mul(&self, b: &Sc) -> Sc {
-        let mut o = fs::fiat_p256_scalar_montgomery_domain_field_element([0; 4]);
-        fs::fiat_p256_scalar_mul(
-            &mut o,
-            &fs::fiat_p256_scalar_montgomery_domain_field_element(self.0),
-            &fs::fiat_p256_scalar_montgomery_domain_field_element(b.0),
-        );
-        Sc(o.0)
+        Sc(fiat2(fs::fiat_p256_scalar_mul, self.0, b.0))
     }
 
     #[cfg(test)]
     fn square(&self) -> Sc {
-        let mut o = fs::fiat_p256_scalar_montgomery_domain_field_element([0; 4]);
-        fs::fiat_p256_scalar_square(
-            &mut o,
-            &fs::fiat_p256_scalar_montgomery_domain_field_element(self.0),
-        );
-        Sc(o.0)
+        Sc(fiat1(fs::fiat_p256_scalar_square, self.0))
     }
 
     /// `1/self` by Fermat (`self^(n−2)`, `n` prime): the tests' reference
