@@ -123,8 +123,9 @@ fn add_int(a: &[u64; 4], b: &[u64; 4]) -> ([u64; 4], bool) {
     (out, carry)
 }
 
-/// `a − b` for `a ≥ b`.
-fn sub_int(a: &[u64; 4], b: &[u64; 4]) -> [u64; 4] {
+/// `a − b mod 2^256`, and whether it borrowed (`a < b`).
+#[inline(always)]
+fn sub_borrow(a: &[u64; 4], b: &[u64; 4]) -> ([u64; 4], bool) {
     let mut out = [0u64; 4];
     let mut borrow = false;
     for i in 0..4 {
@@ -133,7 +134,12 @@ fn sub_int(a: &[u64; 4], b: &[u64; 4]) -> [u64; 4] {
         out[i] = d2;
         borrow = b1 || b2;
     }
-    out
+    (out, borrow)
+}
+
+/// `a − b` for `a ≥ b`.
+fn sub_int(a: &[u64; 4], b: &[u64; 4]) -> [u64; 4] {
+    sub_borrow(a, b).0
 }
 
 fn is_zero(a: &[u64; 4]) -> bool {
@@ -366,14 +372,7 @@ fn mont_mul(a: &[u64; 4], b: &[u64; 4]) -> [u64; 4] {
     let (t7, c3) = adc(t7, hi, c + c2);
     // (t4..t7) + c3·2^256 < 2p: subtract p once unless it is already below.
     let r = [t4, t5, t6, t7];
-    let mut d = [0u64; 4];
-    let mut borrow = false;
-    for i in 0..4 {
-        let (v1, b1) = r[i].overflowing_sub(P[i]);
-        let (v2, b2) = v1.overflowing_sub(u64::from(borrow));
-        d[i] = v2;
-        borrow = b1 || b2;
-    }
+    let (d, borrow) = sub_borrow(&r, &P);
     if c3 != 0 || !borrow {
         d
     } else {
@@ -537,14 +536,8 @@ fn div_pow2_mod_n(x: &[u64; 4], k: u32) -> [u64; 4] {
     }
     let top = y[4] >> k;
     if top != 0 || !lt(&out, &N) {
-        // out + 2^256·top − n fits in 256 bits.
-        let mut borrow = false;
-        for i in 0..4 {
-            let (d1, b1) = out[i].overflowing_sub(N[i]);
-            let (d2, b2) = d1.overflowing_sub(u64::from(borrow));
-            out[i] = d2;
-            borrow = b1 || b2;
-        }
+        // out + 2^256·top − n fits in 256 bits: the difference mod 2^256.
+        return sub_borrow(&out, &N).0;
     }
     out
 }
