@@ -68,8 +68,7 @@ impl JwksStore {
     }
 
     async fn fetch_locked(&self, client: &UpstreamClient, metrics: &Metrics) -> bool {
-        let previous = self.current();
-        let result = fetch_keys(&self.url, client, previous.as_deref()).await;
+        let result = fetch_keys(&self.url, client, self.current()).await;
         let ok = match result {
             Ok(set) => {
                 self.store(Arc::new(set));
@@ -128,7 +127,7 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 async fn fetch_keys(
     url: &http::Uri,
     client: &UpstreamClient,
-    previous: Option<&KeySet>,
+    previous: Option<Arc<KeySet>>,
 ) -> Result<KeySet, &'static str> {
     tokio::time::timeout(FETCH_TIMEOUT, fetch_keys_unbounded(url, client, previous))
         .await
@@ -138,7 +137,7 @@ async fn fetch_keys(
 async fn fetch_keys_unbounded(
     url: &http::Uri,
     client: &UpstreamClient,
-    previous: Option<&KeySet>,
+    previous: Option<Arc<KeySet>>,
 ) -> Result<KeySet, &'static str> {
     let request = http::Request::get(url.clone())
         .header(http::header::ACCEPT, "application/json")
@@ -156,6 +155,12 @@ async fn fetch_keys_unbounded(
         .await
         .map_err(|_| "body unreadable or too large")?
         .to_bytes();
-    let keys = super::parse_jwks(&body, previous).map_err(|_| "not a usable JWK Set")?;
+    // Parsing prepares every key, and a new P-256 key's ES256 table takes a
+    // few ms of CPU (the generator's, on the first one, ≈ 10): off the
+    // worker thread, so the connections it serves do not wait for it.
+    let keys = tokio::task::spawn_blocking(move || super::parse_jwks(&body, previous.as_deref()))
+        .await
+        .map_err(|_| "key preparation failed")?
+        .map_err(|_| "not a usable JWK Set")?;
     Ok(KeySet { keys })
 }
