@@ -74,18 +74,18 @@ fn es256_tables_enabled() -> bool {
 /// How many ES256 tables one key set may hold ([`p256::P256Key`], 264 KiB
 /// and a few ms of CPU each). A JWKS document may list thousands of keys;
 /// those past the budget verify through aws-lc, as every other algorithm.
-pub const MAX_TABLES_PER_SET: usize = 4;
+const MAX_TABLES_PER_SET: usize = 4;
 
 /// Where a key set's ES256 tables come from while it is prepared: the
 /// previous set of the same issuer (a JWKS refresh that brings the same
 /// keys builds nothing), else built, while the budget lasts.
-pub struct Tables<'a> {
+struct Tables<'a> {
     previous: Option<&'a KeySet>,
     left: usize,
 }
 
 impl<'a> Tables<'a> {
-    pub fn new(previous: Option<&'a KeySet>) -> Tables<'a> {
+    fn new(previous: Option<&'a KeySet>) -> Tables<'a> {
         Tables {
             previous,
             left: if es256_tables_enabled() {

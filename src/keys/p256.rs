@@ -89,20 +89,28 @@ const fn hex32(s: &str) -> [u8; 32] {
 
 // ---------------------------------------------------------------- integers
 
-/// Big-endian bytes → little-endian limbs.
-fn limbs(be: &[u8; 32]) -> [u64; 4] {
+/// Big-endian bytes → little-endian limbs (also at compile time).
+const fn limbs(be: &[u8; 32]) -> [u64; 4] {
     let mut out = [0u64; 4];
-    for (i, limb) in out.iter_mut().enumerate() {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&be[32 - 8 * (i + 1)..32 - 8 * i]);
-        *limb = u64::from_be_bytes(b);
+    let mut i = 0;
+    while i < 4 {
+        let mut limb = 0u64;
+        let mut j = 0;
+        while j < 8 {
+            limb = (limb << 8) | be[32 - 8 * (i + 1) + j] as u64;
+            j += 1;
+        }
+        out[i] = limb;
+        i += 1;
     }
     out
 }
 
-/// `a < b` for little-endian limbs.
-fn lt(a: &[u64; 4], b: &[u64; 4]) -> bool {
-    for i in (0..4).rev() {
+/// `a < b` for little-endian limbs (also at compile time).
+const fn lt(a: &[u64; 4], b: &[u64; 4]) -> bool {
+    let mut i = 4;
+    while i > 0 {
+        i -= 1;
         if a[i] != b[i] {
             return a[i] < b[i];
         }
@@ -146,7 +154,8 @@ fn is_zero(a: &[u64; 4]) -> bool {
     *a == [0; 4]
 }
 
-/// `base^exp` by 4-bit fixed windows (public exponents only).
+/// `base^exp` by 4-bit fixed windows (public exponents only; off the
+/// verification path: table building and the tests).
 fn pow<T: Copy>(base: T, exp: &[u64; 4], one: T, mul: impl Fn(&T, &T) -> T) -> T {
     let mut powers = [one; 16];
     for i in 1..16 {
@@ -215,15 +224,12 @@ struct Fe([u64; 4]);
 
 impl Fe {
     const ZERO: Fe = Fe([0; 4]);
-
-    fn one() -> Fe {
-        let mut o = fp::fiat_p256_montgomery_domain_field_element([0; 4]);
-        fp::fiat_p256_set_one(&mut o);
-        Fe(o.0)
-    }
+    const ONE: Fe = Fe::constant(&hex32(
+        "0000000000000000000000000000000000000000000000000000000000000001",
+    ));
 
     /// An integer `< p` (checked) into the field.
-    fn from_int(a: &[u64; 4]) -> Option<Fe> {
+    const fn from_int(a: &[u64; 4]) -> Option<Fe> {
         if !lt(a, &P) {
             return None;
         }
@@ -233,6 +239,15 @@ impl Fe {
             &fp::fiat_p256_non_montgomery_domain_field_element(*a),
         );
         Some(Fe(o.0))
+    }
+
+    /// A curve constant, converted at compile time (a value `≥ p` fails the
+    /// build).
+    const fn constant(be: &[u8; 32]) -> Fe {
+        match Fe::from_int(&limbs(be)) {
+            Some(fe) => fe,
+            None => panic!("curve constant not below p"),
+        }
     }
 
     fn from_be(be: &[u8; 32]) -> Option<Fe> {
@@ -281,20 +296,17 @@ impl Fe {
     /// `1/self` by Fermat (`self^(p−2)`); zero maps to zero.
     fn invert(&self) -> Fe {
         let exp = sub_int(&P, &[2, 0, 0, 0]);
-        pow(*self, &exp, Fe::one(), |a, b| {
-            if a == b {
-                a.square()
-            } else {
-                a.mul(b)
-            }
-        })
+        pow(*self, &exp, Fe::ONE, Fe::mul)
     }
 }
 
-fn curve_b() -> Fe {
-    // B < p: a compile-time constant, checked by the tests.
-    Fe::from_be(&B).unwrap_or(Fe::ZERO)
-}
+/// The curve's `b`, in Montgomery form.
+const CURVE_B: Fe = Fe::constant(&B);
+/// The generator `G`.
+const GENERATOR: Affine = Affine {
+    x: Fe::constant(&GX),
+    y: Fe::constant(&GY),
+};
 
 /// `a + b + c`, low limb and carry (`c` may exceed 1).
 #[inline(always)]
@@ -418,23 +430,12 @@ impl Sc {
         Sc(fiat2(fs::fiat_p256_scalar_mul, self.0, b.0))
     }
 
-    #[cfg(test)]
-    fn square(&self) -> Sc {
-        Sc(fiat1(fs::fiat_p256_scalar_square, self.0))
-    }
-
     /// `1/self` by Fermat (`self^(n−2)`, `n` prime): the tests' reference
     /// for [`inverse_mod_n`].
     #[cfg(test)]
     fn invert(&self) -> Sc {
         let exp = sub_int(&N, &[2, 0, 0, 0]);
-        pow(*self, &exp, Sc::one(), |a, b| {
-            if a == b {
-                a.square()
-            } else {
-                a.mul(b)
-            }
-        })
+        pow(*self, &exp, Sc::one(), Sc::mul)
     }
 }
 
@@ -564,7 +565,7 @@ impl Proj {
     fn identity() -> Proj {
         Proj {
             x: Fe::ZERO,
-            y: Fe::one(),
+            y: Fe::ONE,
             z: Fe::ZERO,
         }
     }
@@ -573,36 +574,37 @@ impl Proj {
         Proj {
             x: a.x,
             y: a.y,
-            z: Fe::one(),
+            z: Fe::ONE,
         }
     }
 
     /// `self + q`: RCB 2015/1060 algorithm 4 (complete, `a = −3`).
-    fn add(&self, q: &Proj, b: &Fe) -> Proj {
+    fn add(&self, q: &Proj) -> Proj {
         let xx = self.x.mul(&q.x);
         let yy = self.y.mul(&q.y);
         let zz = self.z.mul(&q.z);
         let xy = self.x.add(&self.y).mul(&q.x.add(&q.y)).sub(&xx.add(&yy));
         let yz = self.y.add(&self.z).mul(&q.y.add(&q.z)).sub(&yy.add(&zz));
         let xz = self.x.add(&self.z).mul(&q.x.add(&q.z)).sub(&xx.add(&zz));
-        Proj::finish(xx, yy, zz, xy, yz, xz, b)
+        Proj::finish(xx, yy, zz, xy, yz, xz)
     }
 
     /// `self + q` for an affine `q`: RCB 2015/1060 algorithm 5 (complete
     /// for every `self`, identity included; `q` is never the identity).
-    fn add_affine(&self, q: &Affine, b: &Fe) -> Proj {
+    fn add_affine(&self, q: &Affine) -> Proj {
         let xx = self.x.mul(&q.x);
         let yy = self.y.mul(&q.y);
         let xy = self.x.add(&self.y).mul(&q.x.add(&q.y)).sub(&xx.add(&yy));
         let yz = q.y.mul(&self.z).add(&self.y);
         let xz = q.x.mul(&self.z).add(&self.x);
-        Proj::finish(xx, yy, self.z, xy, yz, xz, b)
+        Proj::finish(xx, yy, self.z, xy, yz, xz)
     }
 
     /// The common tail of algorithms 4 and 5, from the cross products
     /// `xx = X1X2`, `yy = Y1Y2`, `zz = Z1Z2`, `xy = X1Y2 + X2Y1`,
     /// `yz = Y1Z2 + Y2Z1`, `xz = X1Z2 + X2Z1`.
-    fn finish(xx: Fe, yy: Fe, zz: Fe, xy: Fe, yz: Fe, xz: Fe, b: &Fe) -> Proj {
+    fn finish(xx: Fe, yy: Fe, zz: Fe, xy: Fe, yz: Fe, xz: Fe) -> Proj {
+        let b = CURVE_B;
         let bzz3 = xz.sub(&b.mul(&zz)).triple();
         let yy_m = yy.sub(&bzz3);
         let yy_p = yy.add(&bzz3);
@@ -618,8 +620,8 @@ impl Proj {
 }
 
 /// `y² = x³ − 3x + b`.
-fn on_curve(a: &Affine, b: &Fe) -> bool {
-    let rhs = a.x.square().mul(&a.x).sub(&a.x.triple()).add(b);
+fn on_curve(a: &Affine) -> bool {
+    let rhs = a.x.square().mul(&a.x).sub(&a.x.triple()).add(&CURVE_B);
     a.y.square() == rhs
 }
 
@@ -633,22 +635,22 @@ impl<const W: usize> Table<W> {
 
     /// `None` only if some multiple is the identity, impossible for a point
     /// of prime order `n` (every multiple is below `n`); checked anyway.
-    fn build(p: &Affine, b: &Fe) -> Option<Table<W>> {
+    fn build(p: &Affine) -> Option<Table<W>> {
         let mut proj = Vec::with_capacity(Self::WINDOWS * Self::PER_WINDOW);
         let mut base = Proj::from_affine(p);
         for _ in 0..Self::WINDOWS {
             let mut acc = base;
             proj.push(acc);
             for _ in 1..Self::PER_WINDOW {
-                acc = acc.add(&base, b);
+                acc = acc.add(&base);
                 proj.push(acc);
             }
             // 2^W · base = 2 · (2^(W−1) · base), the window's last entry.
-            base = acc.add(&acc, b);
+            base = acc.add(&acc);
         }
         // Batch normalization: one inversion for all of them.
         let mut prefix = Vec::with_capacity(proj.len());
-        let mut running = Fe::one();
+        let mut running = Fe::ONE;
         for pt in &proj {
             if pt.z.is_zero() {
                 return None;
@@ -676,7 +678,7 @@ impl<const W: usize> Table<W> {
     }
 
     /// `acc + k·P`, for `k < 2^256`.
-    fn add_multiple(&self, acc: Proj, k: &[u64; 4], b: &Fe) -> Proj {
+    fn add_multiple(&self, acc: Proj, k: &[u64; 4]) -> Proj {
         let digits = recode::<W>(k);
         let mut acc = acc;
         for (i, &d) in digits[..Self::WINDOWS].iter().enumerate() {
@@ -685,15 +687,12 @@ impl<const W: usize> Table<W> {
             }
             let entry = &self.0[i * Self::PER_WINDOW + usize::from(d.unsigned_abs()) - 1];
             acc = if d > 0 {
-                acc.add_affine(entry, b)
+                acc.add_affine(entry)
             } else {
-                acc.add_affine(
-                    &Affine {
-                        x: entry.x,
-                        y: entry.y.neg(),
-                    },
-                    b,
-                )
+                acc.add_affine(&Affine {
+                    x: entry.x,
+                    y: entry.y.neg(),
+                })
             };
         }
         acc
@@ -728,32 +727,14 @@ fn recode<const W: usize>(k: &[u64; 4]) -> [i16; MAX_WINDOWS] {
     out
 }
 
-struct Generator {
-    b: Fe,
-    table: Table<GEN_W>,
-}
-
-fn generator() -> Option<&'static Generator> {
-    static G: OnceLock<Option<Generator>> = OnceLock::new();
-    G.get_or_init(|| {
-        let b = curve_b();
-        let g = Affine {
-            x: Fe::from_be(&GX)?,
-            y: Fe::from_be(&GY)?,
-        };
-        if !on_curve(&g, &b) {
-            return None;
-        }
-        Some(Generator {
-            table: Table::build(&g, &b)?,
-            b,
-        })
-    })
-    .as_ref()
+/// The generator's table, built on first use (≈ 10 ms, once per process).
+fn generator_table() -> Option<&'static Table<GEN_W>> {
+    static TABLE: OnceLock<Option<Table<GEN_W>>> = OnceLock::new();
+    TABLE.get_or_init(|| Table::build(&GENERATOR)).as_ref()
 }
 
 /// A P-256 public key prepared for ES256: its table of multiples
-/// (37 × 64 points, 148 KiB).
+/// (33 × 128 points, 264 KiB).
 pub struct P256Key {
     /// The SEC1 point the table was built from (to reuse it on a refresh).
     point: [u8; 65],
@@ -764,23 +745,24 @@ impl P256Key {
     /// From an uncompressed SEC1 point (`04 ‖ x ‖ y`). `None` unless it is
     /// a point of the curve.
     pub fn from_sec1(point: &[u8]) -> Option<P256Key> {
-        let (&[4], xy) = point.split_at_checked(1)? else {
+        let point: [u8; 65] = point.try_into().ok()?;
+        let [4, xy @ ..] = &point else {
             return None;
         };
-        let (x, y) = xy.split_at_checked(32)?;
-        let x: &[u8; 32] = x.try_into().ok()?;
-        let y: &[u8; 32] = y.try_into().ok()?;
-        let g = generator()?;
+        let (x, y) = (xy.first_chunk::<32>()?, xy.last_chunk::<32>()?);
         let q = Affine {
             x: Fe::from_be(x)?,
             y: Fe::from_be(y)?,
         };
-        if !on_curve(&q, &g.b) {
+        if !on_curve(&q) {
             return None;
         }
+        // The generator's table is built with the first key, not on the
+        // first verification.
+        generator_table()?;
         Some(P256Key {
-            point: point.try_into().ok()?,
-            table: Table::build(&q, &g.b)?,
+            point,
+            table: Table::build(&q)?,
         })
     }
 
@@ -791,26 +773,26 @@ impl P256Key {
 
     /// ECDSA P-256 with SHA-256: `signature` is the JWS form `r ‖ s`.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
-        let Some(g) = generator() else {
+        let Some(g) = generator_table() else {
             return false;
         };
-        let Ok(sig) = <&[u8; 64]>::try_from(signature) else {
+        let (true, Some(r_be), Some(s_be)) = (
+            signature.len() == 64,
+            signature.first_chunk::<32>(),
+            signature.last_chunk::<32>(),
+        ) else {
             return false;
         };
-        let (r_be, s_be) = sig.split_at(32);
-        let (Ok(r_be), Ok(s_be)) = (<[u8; 32]>::try_from(r_be), <[u8; 32]>::try_from(s_be)) else {
-            return false;
-        };
-        let (r, s) = (limbs(&r_be), limbs(&s_be));
+        let (r, s) = (limbs(r_be), limbs(s_be));
         if is_zero(&r) || is_zero(&s) || !lt(&r, &N) || !lt(&s, &N) {
             return false;
         }
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, message);
-        let Ok(e_be) = <[u8; 32]>::try_from(digest.as_ref()) else {
+        let Some(e_be) = digest.as_ref().first_chunk::<32>() else {
             return false;
         };
         // The hash is as long as n: e < 2^256 < 2n, one subtraction reduces.
-        let mut e = limbs(&e_be);
+        let mut e = limbs(e_be);
         if !lt(&e, &N) {
             e = sub_int(&e, &N);
         }
@@ -821,8 +803,8 @@ impl P256Key {
         let w = Sc::from_int(&w);
         let u1 = Sc::from_int(&e).mul(&w).to_int();
         let u2 = Sc::from_int(&r).mul(&w).to_int();
-        let sum = g.table.add_multiple(Proj::identity(), &u1, &g.b);
-        let sum = self.table.add_multiple(sum, &u2, &g.b);
+        let sum = g.add_multiple(Proj::identity(), &u1);
+        let sum = self.table.add_multiple(sum, &u2);
         x_mod_n_is(&sum, &r)
     }
 }
@@ -867,20 +849,16 @@ mod tests {
 
     #[test]
     fn constants_are_the_curve() {
-        let b = curve_b();
-        assert!(!b.is_zero());
-        let g = Affine {
-            x: Fe::from_be(&GX).expect("gx"),
-            y: Fe::from_be(&GY).expect("gy"),
-        };
-        assert!(on_curve(&g, &b));
+        assert!(!CURVE_B.is_zero());
+        let g = GENERATOR;
+        assert!(on_curve(&g));
         // n·G is the identity: (n−1)·G = −G.
-        let t = &generator().expect("generator").table;
+        let t = generator_table().expect("generator");
         let nm1 = sub_int(&N, &[1, 0, 0, 0]);
-        let p = t.add_multiple(Proj::identity(), &nm1, &b);
+        let p = t.add_multiple(Proj::identity(), &nm1);
         let zi = p.z.invert();
         assert!(p.x.mul(&zi) == g.x && p.y.mul(&zi) == g.y.neg());
-        let p = Proj::from_affine(&g).add(&p, &b);
+        let p = Proj::from_affine(&g).add(&p);
         assert!(p.z.is_zero());
     }
 
@@ -934,7 +912,7 @@ mod tests {
     #[test]
     fn inverses() {
         let x = Fe::from_int(&[12345, 6789, 1, 2]).expect("fe");
-        assert!(x.mul(&x.invert()) == Fe::one());
+        assert!(x.mul(&x.invert()) == Fe::ONE);
         let s = Sc::from_int(&[98765, 4321, 3, 4]);
         assert!(s.mul(&s.invert()) == Sc::one());
     }
@@ -966,7 +944,7 @@ mod tests {
             [0, 0, 0, 0xffff_ffff_0000_0000],
             [0, 0, u64::MAX, 0xffff_ffff_0000_0000],
             [u64::MAX, 0xffff_ffff, 0, 0xffff_fffe_ffff_ffff],
-            Fe::one().0,
+            Fe::ONE.0,
         ];
         let rng = SystemRandom::new();
         for _ in 0..3000 {
@@ -1235,7 +1213,7 @@ mod tests {
         let z = Fe::from_int(&[7, 11, 13, 17]).expect("z");
         let at = |v: &[u64; 4]| Proj {
             x: Fe::from_int(v).expect("v < p").mul(&z),
-            y: Fe::one(),
+            y: Fe::ONE,
             z,
         };
         let v = add_int(&N, &[5, 0, 0, 0]).0; // n + 5 < p
