@@ -118,31 +118,30 @@ const fn lt(a: &[u64; 4], b: &[u64; 4]) -> bool {
     false
 }
 
-/// `a + b`, and whether it overflowed 2^256.
-fn add_int(a: &[u64; 4], b: &[u64; 4]) -> ([u64; 4], bool) {
+/// `a op b` limb by limb with the carry (or borrow) passed up, and whether
+/// one left the top limb; `op` is `u64::overflowing_add` or `_sub`.
+#[inline(always)]
+fn with_carry(a: &[u64; 4], b: &[u64; 4], op: fn(u64, u64) -> (u64, bool)) -> ([u64; 4], bool) {
     let mut out = [0u64; 4];
     let mut carry = false;
     for i in 0..4 {
-        let (s1, c1) = a[i].overflowing_add(b[i]);
-        let (s2, c2) = s1.overflowing_add(u64::from(carry));
-        out[i] = s2;
+        let (v1, c1) = op(a[i], b[i]);
+        let (v2, c2) = op(v1, u64::from(carry));
+        out[i] = v2;
         carry = c1 || c2;
     }
     (out, carry)
 }
 
+/// `a + b`, and whether it overflowed 2^256.
+fn add_int(a: &[u64; 4], b: &[u64; 4]) -> ([u64; 4], bool) {
+    with_carry(a, b, u64::overflowing_add)
+}
+
 /// `a − b mod 2^256`, and whether it borrowed (`a < b`).
 #[inline(always)]
 fn sub_borrow(a: &[u64; 4], b: &[u64; 4]) -> ([u64; 4], bool) {
-    let mut out = [0u64; 4];
-    let mut borrow = false;
-    for i in 0..4 {
-        let (d1, b1) = a[i].overflowing_sub(b[i]);
-        let (d2, b2) = d1.overflowing_sub(u64::from(borrow));
-        out[i] = d2;
-        borrow = b1 || b2;
-    }
-    (out, borrow)
+    with_carry(a, b, u64::overflowing_sub)
 }
 
 /// `a − b` for `a ≥ b`.
