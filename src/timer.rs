@@ -23,7 +23,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -63,7 +63,10 @@ impl Slab {
     }
 }
 
+/// Aligned to its own cache lines: neighbouring workers' shards must not
+/// bounce one line between cores.
 #[derive(Default)]
+#[repr(align(128))]
 struct Shard {
     /// Bumped (after marking) whenever an entry of this shard fires: a
     /// registered future that sees the same value and the same waker as at
@@ -94,6 +97,17 @@ fn waker_id(w: &Waker) -> (usize, usize) {
     (w.data() as usize, std::ptr::from_ref(w.vtable()) as usize)
 }
 
+/// This thread's shard, handed out per thread in turn on first use: each
+/// per-core worker gets its own, and so does each of tokio's threads in
+/// the multi-thread runtime (which would otherwise all share one lock).
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
 fn lock(slab: &Mutex<Slab>) -> MutexGuard<'_, Slab> {
     // Nothing here panics while holding the lock; a poisoned slab is still
     // consistent.
@@ -110,7 +124,7 @@ impl Wakers {
     /// Registers `waker` in this worker's slab; `None` only when the slab
     /// has no index left.
     fn register(&self, deadline: Option<Instant>, waker: &Waker) -> Option<Registered> {
-        let shard = crate::server::worker_index() % SHARDS;
+        let shard = shard_index();
         let cell = &self.shards[shard];
         let mut s = lock(&cell.slab);
         let fired_seen = cell.fired.load(Ordering::Acquire);
@@ -153,8 +167,11 @@ impl Wakers {
             Some(Some(e)) if e.fired => true,
             Some(Some(e)) => {
                 if id != r.waker || e.waker.is_none() {
-                    e.waker = Some(cx.waker().clone());
+                    let old = e.waker.replace(cx.waker().clone());
                     r.waker = id;
+                    // A task waker's drop may run code; not under the lock.
+                    drop(s);
+                    drop(old);
                 }
                 false
             }
@@ -198,8 +215,10 @@ impl Wakers {
                 continue;
             }
             pending += s.live;
-            if let (Some(now), Some(next)) = (now, s.next_due) {
-                if next > now {
+            // `next_due` bounds every unfired deadline; `None`: there is
+            // none (all fired, or only signal entries), nothing to scan.
+            if let Some(now) = now {
+                if s.next_due.is_none_or(|next| next > now) {
                     continue;
                 }
             }
@@ -282,7 +301,12 @@ fn tick(woken: &mut Vec<Waker>) {
     let wheel = &*WHEEL;
     let pending = wheel.wakers.fire(Some(Instant::now()), woken);
     for w in woken.drain(..) {
-        w.wake();
+        // One panicking waker must not leave the others unwoken: their
+        // entries are already marked fired, nothing would wake them again.
+        let wake = std::panic::AssertUnwindSafe(|| w.wake());
+        if std::panic::catch_unwind(wake).is_err() {
+            tracing::error!("a timer waker panicked");
+        }
     }
     if pending == 0 {
         wheel.parked.store(true, Ordering::SeqCst);
@@ -331,7 +355,16 @@ pub fn sleep_until(deadline: Instant) -> Sleep {
 
 /// Completes after `duration` (up to [`TICK`] later).
 pub fn sleep(duration: Duration) -> Sleep {
-    sleep_until(Instant::now() + duration)
+    sleep_until(deadline_in(duration))
+}
+
+/// What a configured duration too large for the clock (no setting has an
+/// upper bound) is cut to: about never, instead of a panic in `Instant + _`.
+pub const ABOUT_NEVER: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
+
+/// `duration` from now, at most [`ABOUT_NEVER`].
+pub fn deadline_in(duration: Duration) -> Instant {
+    Instant::now() + duration.min(ABOUT_NEVER)
 }
 
 impl Sleep {
@@ -609,6 +642,14 @@ mod tests {
     }
 
     #[test]
+    fn a_duration_too_large_for_the_clock_is_about_never() {
+        let far = deadline_in(Duration::MAX);
+        assert!(far > Instant::now() + Duration::from_secs(60 * 60 * 24 * 365));
+        let s = sleep(Duration::MAX);
+        assert!(s.deadline >= far);
+    }
+
+    #[test]
     fn dropped_sleeps_free_their_slots() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -616,7 +657,7 @@ mod tests {
             .expect("runtime");
         rt.block_on(async {
             let live = || {
-                let shard = crate::server::worker_index() % SHARDS;
+                let shard = shard_index();
                 lock(&WHEEL.wakers.shards[shard].slab).live
             };
             let mut sleeps: Vec<_> = (0..100)

@@ -68,7 +68,7 @@ pub fn per_core() -> usize {
 }
 
 /// The per-core worker running on this thread (0 outside per-core mode).
-pub(crate) fn worker_index() -> usize {
+fn worker_index() -> usize {
     WORKER.with(Cell::get)
 }
 
@@ -454,7 +454,7 @@ async fn serve_connection(
     drain: Drain,
     tls: Option<Arc<tokio_rustls::TlsAcceptor>>,
 ) {
-    let deadline = std::time::Instant::now() + http.first_request;
+    let deadline = crate::timer::deadline_in(http.first_request);
     let conn = ConnInfo {
         peer,
         peer_element: crate::pipeline::inject::peer_element(peer.ip()),

@@ -43,7 +43,7 @@ impl<S> SendTimeout<S> {
     /// once it has run out.
     fn blocked(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if !self.stalled {
-            let deadline = Instant::now() + self.limit;
+            let deadline = Instant::now() + self.limit.min(crate::timer::ABOUT_NEVER);
             match &mut self.timer {
                 Some(t) => t.as_mut().reset(deadline),
                 None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
