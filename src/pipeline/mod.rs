@@ -323,16 +323,14 @@ async fn run(
     // The request target, held apart from the request (a reference count):
     // the path borrows from it, and when neither the path nor the query
     // changes on the way, the upstream request reuses it as it is.
+    // A target without a path (authority form) is refused, as an empty path
+    // would be by `normalize`.
     let target = req
         .uri()
         .path_and_query()
-        .filter(|t| t.path() == req.uri().path())
-        .cloned();
-    let path: Cow<'_, str> = match &target {
-        Some(t) => path::normalize(t.path()),
-        None => path::normalize(req.uri().path()).map(|p| Cow::Owned(p.into_owned())),
-    }
-    .map_err(|_| Rejection::BadRequest)?;
+        .cloned()
+        .ok_or(Rejection::BadRequest)?;
+    let path = path::normalize(target.path()).map_err(|_| Rejection::BadRequest)?;
     // CORS: a genuine preflight from an allowed origin is answered here.
     if let Some(origin) = cors_origin(rt, &req) {
         if req.method() == Method::OPTIONS
@@ -471,10 +469,7 @@ async fn run(
             HeaderValue::try_from(hp).ok()
         })
         .or_else(|| parts.headers.get(HOST).cloned());
-    let mut query: Option<Cow<'_, str>> = match &target {
-        Some(t) => t.query().map(Cow::Borrowed),
-        None => parts.uri.query().map(|q| Cow::Owned(q.to_owned())),
-    };
+    let mut query: Option<Cow<'_, str>> = target.query().map(Cow::Borrowed);
     if head.hop_by_hop {
         inject::strip_hop_by_hop(&mut parts.headers);
     }
@@ -610,16 +605,14 @@ async fn run(
 
     // forward
     let upstream = &rt.upstreams[route.upstream];
-    parts.uri = match &target {
-        // Unchanged: the client's target is already what uri_for would build.
-        Some(t)
-            if matches!(path, Cow::Borrowed(_))
-                && query.as_deref() == t.query()
-                && upstream.forwards_path_as_is() =>
-        {
-            Uri::from(t.clone())
-        }
-        _ => upstream.uri_for(&path, query.as_deref())?,
+    // Unchanged: the client's target is already what uri_for would build.
+    parts.uri = if matches!(path, Cow::Borrowed(_))
+        && query.as_deref() == target.query()
+        && upstream.forwards_path_as_is()
+    {
+        Uri::from(target.clone())
+    } else {
+        upstream.uri_for(&path, query.as_deref())?
     };
     parts.version = Version::HTTP_11;
     let rewritten = match (&json, reserialize, edited) {
