@@ -9,7 +9,7 @@
 //! request on `auth = "none"`, about a tenth of authgate's own work.
 //!
 //! Here a deadline is an entry in a slab: registering is a push under an
-//! uncontended per-worker mutex, cancelling (dropping the future) a pop.
+//! uncontended per-thread mutex, cancelling (dropping the future) a pop.
 //! One `authgate-timer` thread looks at the slabs each [`TICK`] and wakes
 //! what is due, so a deadline fires between 0 and `TICK` late — nothing
 //! here is configured finer than a second. A slab is only scanned once its
@@ -75,7 +75,7 @@ struct Shard {
     slab: Mutex<Slab>,
 }
 
-/// Registered wakers with a "fired" flag each, in per-worker slabs: what
+/// Registered wakers with a "fired" flag each, in per-thread slabs: what
 /// both the timer wheel and the drain signal are made of.
 struct Wakers {
     shards: Box<[Shard]>,
