@@ -15,6 +15,7 @@
 
 use crate::config::{Config, Upstream};
 use crate::error::Rejection;
+use crate::server::gather::Gathered;
 use crate::server::PerWorker;
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -74,7 +75,7 @@ fn handshake(
         // is ~400 KiB per connection).
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .max_buf_size(UPSTREAM_READ_BUF)
-            .handshake::<Io, Body>(io)
+            .handshake::<Gathered<Io>, Body>(Gathered(io))
             .await
             .map_err(drop)?;
         tokio::spawn(async move {

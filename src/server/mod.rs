@@ -8,6 +8,7 @@
 //! builder gets [`HyperTimer`] (the coarse deadlines of [`crate::timer`]);
 //! without one, slow request heads would be held forever.
 
+pub(crate) mod gather;
 mod send_timeout;
 mod tls;
 

@@ -10,6 +10,7 @@
 //! write that completes at once — every write under normal load — costs one
 //! branch and no timer.
 
+use super::gather::TokioWrites;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -94,7 +95,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SendTimeout<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+        let written = super::gather::write_gathered(&mut this.inner, &mut TokioWrites(cx), bufs);
+        match written {
             Poll::Pending => this.blocked(cx),
             done => this.progress(done),
         }
