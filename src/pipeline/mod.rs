@@ -684,19 +684,22 @@ async fn verify_token(
     out: &mut Outcome,
 ) -> Result<Arc<crate::identity::Verified>, Rejection> {
     let now = now_unix();
+    // The two network waits below are boxed: their futures are large, and
+    // unboxed they would size every request's future (moved into its
+    // allocation in full) for paths most requests never take.
     let (mut result, mut cache) = if verify::is_jwt_shaped(token) {
         verify::jwt(rt, token, now, allowed)
     } else {
-        crate::keys::introspect::verify(rt, token, now, allowed).await
+        Box::pin(crate::keys::introspect::verify(rt, token, now, allowed)).await
     };
     // An unknown `kid` at a JWKS issuer: one single-flight refetch, then retry.
     if let Err(d) = &result {
         if d.reason == verify::NO_KEY {
             if let Some(store) = verify::jwks_store_for(rt, token) {
-                if store
-                    .refetch_for_unknown_kid(rt.fetcher(store.issuer_index), &shared.metrics)
-                    .await
-                {
+                let refetch = Box::pin(
+                    store.refetch_for_unknown_kid(rt.fetcher(store.issuer_index), &shared.metrics),
+                );
+                if refetch.await {
                     (result, cache) = verify::jwt(rt, token, now, allowed);
                 }
             }
