@@ -104,7 +104,9 @@ pub async fn verify(
             verify::CacheOutcome::Miss,
         );
     };
-    let result = introspect(rt, token, now).await;
+    // Boxed: the exchange's future is large, and unboxed it would size the
+    // future of every request that verifies a token, cache hits included.
+    let result = Box::pin(introspect(rt, token, now)).await;
     match &result {
         Ok(v) => rt.token_cache.insert(key, v.clone()),
         Err(d) if d.rejection == Rejection::InvalidToken => {

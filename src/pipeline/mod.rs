@@ -684,13 +684,13 @@ async fn verify_token(
     out: &mut Outcome,
 ) -> Result<Arc<crate::identity::Verified>, Rejection> {
     let now = now_unix();
-    // The two network waits below are boxed: their futures are large, and
-    // unboxed they would size every request's future (moved into its
-    // allocation in full) for paths most requests never take.
+    // Introspection boxes its network exchange, and the refetch below is
+    // boxed here: unboxed, their large futures would size every request's
+    // future (moved into its allocation in full on each request).
     let (mut result, mut cache) = if verify::is_jwt_shaped(token) {
         verify::jwt(rt, token, now, allowed)
     } else {
-        Box::pin(crate::keys::introspect::verify(rt, token, now, allowed)).await
+        crate::keys::introspect::verify(rt, token, now, allowed).await
     };
     // An unknown `kid` at a JWKS issuer: one single-flight refetch, then retry.
     if let Err(d) = &result {

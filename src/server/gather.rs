@@ -23,8 +23,8 @@ use std::task::{Context, Poll};
 /// The largest write (all buffers together) copied into one buffer.
 pub const GATHER_MAX: usize = 4096;
 
-/// Below this, the stack buffer is this small (zeroing it is part of the
-/// cost; most heads with a small JSON body fit).
+/// Up to this many bytes, the stack buffer is this small (zeroing it is
+/// part of the cost; most heads with a small JSON body fit).
 const SMALL: usize = 512;
 
 /// The two ways of writing to a stream `W`.
@@ -131,9 +131,9 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Gathered<T> {
     }
 
     fn is_write_vectored(&self) -> bool {
-        // hyper then queues body chunks instead of copying them into its
-        // head buffer; the gathering above decides per write.
-        true
+        // When true, hyper queues body chunks instead of copying them into
+        // its head buffer; the gathering above then decides per write.
+        self.0.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -207,6 +207,12 @@ mod tests {
         assert_eq!(calls, vec![("write", b"GET / HTTP/1.1\r\n\r\n".to_vec())]);
         let (n, calls) = run(&[], usize::MAX);
         assert_eq!((n, calls), (0, vec![("write", Vec::new())]));
+        // Too large to gather, and still one plain write: there is nothing
+        // to gather.
+        let big = vec![b'x'; GATHER_MAX * 3];
+        let (n, calls) = run(&[b"", &big], usize::MAX);
+        assert_eq!(n, big.len());
+        assert_eq!(calls, vec![("write", big)]);
     }
 
     #[test]
@@ -230,8 +236,8 @@ mod tests {
         /// went out are the first `n` of their concatenation, in one call.
         #[test]
         fn what_goes_out_is_a_prefix_of_the_concatenation(
-            parts in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..700), 0..12),
-            accept in 0usize..6000,
+            parts in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..5000), 0..8),
+            accept in 0usize..30_000,
         ) {
             let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
             let all = parts.concat();
@@ -239,6 +245,8 @@ mod tests {
             prop_assert_eq!(calls.len(), 1);
             prop_assert_eq!(n, all.len().min(accept));
             prop_assert_eq!(&calls[0].1[..], &all[..n]);
+            // Vectored exactly when there are several buffers to join and
+            // together they are too large to copy.
             let vectored = calls[0].0 == "writev";
             let non_empty = parts.iter().filter(|p| !p.is_empty()).count();
             prop_assert_eq!(vectored, non_empty > 1 && all.len() > GATHER_MAX);

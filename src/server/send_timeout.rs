@@ -141,6 +141,29 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 
+    /// The same through vectored writes (hyper's way of writing a head and
+    /// body), which go through the gathering of `super::gather`.
+    #[tokio::test(start_paused = true)]
+    async fn a_vectored_write_blocked_for_the_limit_fails() {
+        let (a, _b) = tokio::io::duplex(1024);
+        let mut w = SendTimeout::new(a, Duration::from_secs(5));
+        let head = [7u8; 100];
+        let body = [8u8; 300];
+        let stalled = async {
+            loop {
+                let bufs = [io::IoSlice::new(&head), io::IoSlice::new(&body)];
+                match w.write_vectored(&bufs).await {
+                    Err(e) => break e,
+                    Ok(n) => assert!(n > 0 && n <= 400, "wrote {n} of 400"),
+                }
+            }
+        };
+        let err = tokio::time::timeout(Duration::from_secs(3600), stalled)
+            .await
+            .expect("the blocked write must fail, not wait forever");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
     /// A peer that keeps taking bytes, however slowly, is never cut off: the
     /// clock restarts at every bit of progress.
     #[tokio::test(start_paused = true)]
