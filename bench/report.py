@@ -124,7 +124,20 @@ def main():
     def get(cid, key):
         return agg.get(cid, {}).get(key)
 
-    def ratio_line(text, num_, den, target, higher_better=True, unit=""):
+    # Per-round values: cases run interleaved, so a round's authgate and
+    # HAProxy figures were measured minutes apart at most; their ratio
+    # cancels the drift between rounds that the medians above do not.
+    columns = {"rps": (wrk, 2), "cpu": (wrk, 5), "p99_4k": (p99, 3)}
+
+    def per_round(cid, key):
+        rows, col = columns[key]
+        return {r[1]: num(r[col]) for r in rows if r[0] == cid and num(r[col]) is not None}
+
+    def paired(num_cid, den_cid, key):
+        a, b = per_round(num_cid, key), per_round(den_cid, key)
+        return [a[k] / b[k] for k in sorted(a, key=int) if k in b and b[k]]
+
+    def ratio_line(text, num_, den, target, higher_better=True, unit="", pair=None):
         if num_ is None or den is None or den == 0:
             out.append(f"- {text}: n/a")
             return
@@ -138,20 +151,28 @@ def main():
         out.append(
             f"- {text}: {num_:,.1f}{unit} / {den:,.1f}{unit} = **{r:.2f}×** "
             f"(target {tgt}) — {'PASS' if ok else 'FAIL'}")
+        ratios = paired(*pair) if pair else []
+        if len(ratios) > 1:
+            out.append(
+                f"  - round by round: {', '.join(f'{x:.2f}' for x in ratios)} — "
+                f"median {med(ratios):.2f}×, {sum(1 for x in ratios if (x >= target if higher_better else x <= target))} "
+                f"of {len(ratios)} rounds on target")
 
     out.append("Ratios (authgate / HAProxy):\n")
     ratio_line("authgate RS256 repeated token / HAProxy RS256, req/s",
-               get("ag_rs", "rps"), get("hap_rs", "rps"), 2.5)
+               get("ag_rs", "rps"), get("hap_rs", "rps"), 2.5, pair=("ag_rs", "hap_rs", "rps"))
     ratio_line("authgate ES256 fresh token / HAProxy ES256 fresh token, req/s",
-               get("ag_es_fresh", "rps"), get("hap_es_fresh", "rps"), 1.5)
+               get("ag_es_fresh", "rps"), get("hap_es_fresh", "rps"), 1.5,
+               pair=("ag_es_fresh", "hap_es_fresh", "rps"))
     ratio_line("authgate none / HAProxy plain, CPU µs per request",
-               get("ag_none", "cpu"), get("hap_plain", "cpu"), 1.0, higher_better=False, unit=" µs")
+               get("ag_none", "cpu"), get("hap_plain", "cpu"), 1.0, higher_better=False, unit=" µs",
+               pair=("ag_none", "hap_plain", "cpu"))
     ratio_line(f"{rate_hdr}: authgate none / HAProxy plain",
                get("ag_none", "p99_4k"), get("hap_plain", "p99_4k"), 1.0, higher_better=False,
-               unit=" ms")
+               unit=" ms", pair=("ag_none", "hap_plain", "p99_4k"))
     ratio_line(f"{rate_hdr}: authgate RS256 / HAProxy RS256",
                get("ag_rs", "p99_4k"), get("hap_rs", "p99_4k"), 1.0, higher_better=False,
-               unit=" ms")
+               unit=" ms", pair=("ag_rs", "hap_rs", "p99_4k"))
     out.append("")
     if get("bare", "cpu") is not None:
         out.append("The hyper floor (examples/bare_proxy.rs, same run, same core; no target):\n")
