@@ -45,9 +45,12 @@ fn main() -> ExitCode {
 fn serve(config: std::path::PathBuf) -> i32 {
     // AUTHGATE_ES256=aws-lc turns the ES256 tables off (src/keys/p256.rs);
     // a value that is neither is refused before anything starts.
-    if let Err(e) = authgate::keys::es256_tables(std::env::var("AUTHGATE_ES256").ok().as_deref()) {
-        eprintln!("authgate: {e}");
-        return 1;
+    match authgate::keys::es256_tables(std::env::var("AUTHGATE_ES256").ok().as_deref()) {
+        Ok(on) => authgate::keys::set_es256_tables(on),
+        Err(e) => {
+            eprintln!("authgate: {e}");
+            return 1;
+        }
     }
     // The runtime shape (README, Performance): by default one current-thread
     // runtime per worker, each with its own SO_REUSEPORT listener

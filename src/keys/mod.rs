@@ -63,12 +63,17 @@ pub fn es256_tables(value: Option<&str>) -> Result<bool, String> {
     }
 }
 
-/// [`es256_tables`] of this process's environment, read once.
+/// Whether key sets build ES256 tables (default on).
+static ES256_TABLES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the ES256 tables on or off for key sets prepared from now on
+/// (`authgate run` sets it from [`es256_tables`] before loading keys).
+pub fn set_es256_tables(on: bool) {
+    ES256_TABLES.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 fn es256_tables_enabled() -> bool {
-    static ON: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
-        es256_tables(std::env::var("AUTHGATE_ES256").ok().as_deref()).unwrap_or(true)
-    });
-    *ON
+    ES256_TABLES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// How many ES256 tables one key set may hold ([`p256::P256Key`], 264 KiB

@@ -456,13 +456,10 @@ const NEG_N0_INV: u64 = {
 /// trailing zeros are shifted out at once, and the matching division of
 /// `x1`/`x2` by `2^k` is one Montgomery-style step ([`div_pow2_mod_n`]).
 fn inverse_mod_n(a: &[u64; 4]) -> [u64; 4] {
-    /// `x − y mod n` for `x, y < n`.
+    /// `x − y mod n` for `x, y < n`: fiat's scalar subtraction, which is
+    /// the same in and out of the Montgomery domain.
     fn sub_mod(x: &[u64; 4], y: &[u64; 4]) -> [u64; 4] {
-        if lt(x, y) {
-            sub_int(&add_int(x, &N).0, y)
-        } else {
-            sub_int(x, y)
-        }
+        fiat2(fs::fiat_p256_scalar_sub, *x, *y)
     }
     /// Shifts the trailing zeros out of `u` (not zero) and divides `x` by
     /// the same power of two, mod n.
@@ -516,8 +513,8 @@ fn shr(x: &[u64; 4], k: u32) -> [u64; 4] {
 }
 
 /// `x / 2^k mod n` for `x < n`, `0 < k < 64`: add the multiple `m·n`
-/// (`m < 2^k`) that clears the low `k` bits, shift them out, and subtract
-/// `n` once if the result is not below it (`(x + m·n)/2^k < 2n`).
+/// (`m < 2^k`) that clears the low `k` bits and shift them out. The result
+/// is already below `n`: `x + m·n < n + (2^k − 1)·n = 2^k·n`.
 fn div_pow2_mod_n(x: &[u64; 4], k: u32) -> [u64; 4] {
     let m = x[0].wrapping_mul(NEG_N0_INV) & ((1u64 << k) - 1);
     // y = x + m·n, five limbs.
@@ -534,11 +531,7 @@ fn div_pow2_mod_n(x: &[u64; 4], k: u32) -> [u64; 4] {
     for i in 0..4 {
         out[i] = (y[i] >> k) | (y[i + 1] << (64 - k));
     }
-    let top = y[4] >> k;
-    if top != 0 || !lt(&out, &N) {
-        // out + 2^256·top − n fits in 256 bits: the difference mod 2^256.
-        return sub_borrow(&out, &N).0;
-    }
+    debug_assert!(y[4] >> k == 0 && lt(&out, &N));
     out
 }
 
@@ -726,7 +719,8 @@ fn recode<const W: usize>(k: &[u64; 4]) -> [i16; MAX_WINDOWS] {
     out
 }
 
-/// The generator's table, built on first use (≈ 10 ms, once per process).
+/// The generator's table, built with the first key (≈ 10 ms, once per
+/// process); `None` never happens (no multiple of G is the identity).
 fn generator_table() -> Option<&'static Table<GEN_W>> {
     static TABLE: OnceLock<Option<Table<GEN_W>>> = OnceLock::new();
     TABLE.get_or_init(|| Table::build(&GENERATOR)).as_ref()
@@ -738,6 +732,8 @@ pub struct P256Key {
     /// The SEC1 point the table was built from (to reuse it on a refresh).
     point: [u8; 65],
     table: Table<KEY_W>,
+    /// The generator's table (shared by every key).
+    gen: &'static Table<GEN_W>,
 }
 
 impl P256Key {
@@ -756,12 +752,10 @@ impl P256Key {
         if !on_curve(&q) {
             return None;
         }
-        // The generator's table is built with the first key, not on the
-        // first verification.
-        generator_table()?;
         Some(P256Key {
             point,
             table: Table::build(&q)?,
+            gen: generator_table()?,
         })
     }
 
@@ -772,9 +766,6 @@ impl P256Key {
 
     /// ECDSA P-256 with SHA-256: `signature` is the JWS form `r ‖ s`.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
-        let Some(g) = generator_table() else {
-            return false;
-        };
         let (true, Some(r_be), Some(s_be)) = (
             signature.len() == 64,
             signature.first_chunk::<32>(),
@@ -802,7 +793,7 @@ impl P256Key {
         let w = Sc::from_int(&w);
         let u1 = Sc::from_int(&e).mul(&w).to_int();
         let u2 = Sc::from_int(&r).mul(&w).to_int();
-        let sum = g.add_multiple(Proj::identity(), &u1);
+        let sum = self.gen.add_multiple(Proj::identity(), &u1);
         let sum = self.table.add_multiple(sum, &u2);
         x_mod_n_is(&sum, &r)
     }
