@@ -416,6 +416,7 @@ impl Sc {
         Sc(o.0)
     }
 
+    #[cfg(test)]
     fn to_int(self) -> [u64; 4] {
         let mut o = fs::fiat_p256_scalar_non_montgomery_domain_field_element([0; 4]);
         fs::fiat_p256_scalar_from_montgomery(
@@ -425,8 +426,16 @@ impl Sc {
         o.0
     }
 
+    #[cfg(test)]
     fn mul(&self, b: &Sc) -> Sc {
         Sc(fiat2(fs::fiat_p256_scalar_mul, self.0, b.0))
+    }
+
+    /// `a·self mod n` as a plain integer, for an integer `a < n`: the
+    /// Montgomery product of a plain and a Montgomery-form value is plain.
+    fn times_int(&self, a: &[u64; 4]) -> [u64; 4] {
+        debug_assert!(lt(a, &N));
+        fiat2(fs::fiat_p256_scalar_mul, *a, self.0)
     }
 
     /// `1/self` by Fermat (`self^(n−2)`, `n` prime): the tests' reference
@@ -791,8 +800,7 @@ impl P256Key {
             return false;
         }
         let w = Sc::from_int(&w);
-        let u1 = Sc::from_int(&e).mul(&w).to_int();
-        let u2 = Sc::from_int(&r).mul(&w).to_int();
+        let (u1, u2) = (w.times_int(&e), w.times_int(&r));
         let sum = self.gen.add_multiple(Proj::identity(), &u1);
         let sum = self.table.add_multiple(sum, &u2);
         x_mod_n_is(&sum, &r)
