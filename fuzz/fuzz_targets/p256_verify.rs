@@ -5,8 +5,10 @@
 //! - first byte even: a signature made with a fixed key over fuzzer bytes,
 //!   then XORed with more fuzzer bytes (near-valid signatures; both must
 //!   accept the untouched one);
-//! - first byte odd: a fuzzer-made point as the key (refused unless it is on
-//!   the curve) and fuzzer-made message and signature.
+//! - first byte odd: a fuzzer-made point as the key and fuzzer-made message
+//!   and signature. Random coordinates are almost never a curve point, so in
+//!   practice this mode checks that `from_sec1` refuses what aws-lc refuses;
+//!   signatures under real keys are the even mode's job.
 use authgate::keys::p256::P256Key;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, UnparsedPublicKey};
