@@ -9,7 +9,7 @@
 use crate::identity::Identity;
 use crate::runtime::IdentityHeaders;
 use http::header::CONNECTION;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{Entry, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -48,15 +48,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     if connection {
-        let mut values = headers.get_all(CONNECTION).iter();
-        if values.next().is_some() && values.next().is_none() {
-            if let Some(v) = headers.remove(CONNECTION) {
-                remove_named(headers, &v);
-            }
-        } else {
-            let values: Vec<HeaderValue> = headers.get_all(CONNECTION).iter().cloned().collect();
-            headers.remove(CONNECTION);
-            for v in &values {
+        // One lookup takes every `Connection` value out; a second value is
+        // rare (and only then is anything kept aside).
+        if let Entry::Occupied(e) = headers.entry(CONNECTION) {
+            let (_, mut values) = e.remove_entry_mult();
+            let first = values.next();
+            let rest: Vec<HeaderValue> = values.collect();
+            for v in first.iter().chain(&rest) {
                 remove_named(headers, v);
             }
         }
@@ -74,6 +72,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// [`strip_hop_by_hop`], which removes those headers anyway — so the usual
 /// `keep-alive` token costs no lookup.
 fn remove_named(headers: &mut HeaderMap, value: &HeaderValue) {
+    // What nearly every upstream and client sends: nothing to look up.
+    if value.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
+        return;
+    }
     let Ok(v) = value.to_str() else { return };
     for token in v.split(',') {
         let token = token.trim();

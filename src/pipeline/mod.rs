@@ -72,15 +72,22 @@ pub struct ConnInfo {
 
 /// Unique request ids: a random per-process prefix and a counter.
 struct RequestIds {
-    prefix: u64,
+    /// The prefix's 16 hex digits, written once.
+    prefix: [u8; 16],
     counter: AtomicU64,
 }
 
 impl RequestIds {
     fn new() -> RequestIds {
+        RequestIds::starting_at(rand::random(), 0)
+    }
+
+    fn starting_at(prefix: u64, counter: u64) -> RequestIds {
+        let mut digits = [0u8; 16];
+        hex_digits(&mut digits, prefix);
         RequestIds {
-            prefix: rand::random(),
-            counter: AtomicU64::new(0),
+            prefix: digits,
+            counter: AtomicU64::new(counter),
         }
     }
 
@@ -88,7 +95,7 @@ impl RequestIds {
     fn next(&self) -> HeaderValue {
         let n = self.counter.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff;
         let mut text = [0u8; 24];
-        hex_digits(&mut text[..16], self.prefix);
+        text[..16].copy_from_slice(&self.prefix);
         hex_digits(&mut text[16..], n);
         HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
     }
@@ -215,13 +222,17 @@ fn now_unix() -> u64 {
 /// What one pass over the request head found. Later stages look a header
 /// up only when this pass saw it: a lookup of an absent custom header
 /// still hashes its name, and most requests carry none of these.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Head {
     /// The head's size as a client would have sent it over HTTP/1.1.
     size: usize,
     /// A CR, LF or NUL in some header value.
     unsafe_byte: bool,
     hosts: usize,
+    /// The first `Host` value.
+    host: Option<HeaderValue>,
+    /// An `Authorization` header.
+    authorization: bool,
     cookie: bool,
     upgrade: bool,
     /// A header [`inject::strip_hop_by_hop`] removes.
@@ -253,7 +264,13 @@ impl Head {
                 .iter()
                 .any(|&b| b == 0 || b == b'\r' || b == b'\n');
             match name {
-                "host" => head.hosts += 1,
+                "host" => {
+                    head.hosts += 1;
+                    if head.host.is_none() {
+                        head.host = Some(v.clone());
+                    }
+                }
+                "authorization" => head.authorization = true,
                 "cookie" => head.cookie = true,
                 "upgrade" => {
                     head.upgrade = true;
@@ -468,7 +485,7 @@ async fn run(
             };
             HeaderValue::try_from(hp).ok()
         })
-        .or_else(|| parts.headers.get(HOST).cloned());
+        .or(head.host);
     let mut query: Option<Cow<'_, str>> = target.query().map(Cow::Borrowed);
     if head.hop_by_hop {
         inject::strip_hop_by_hop(&mut parts.headers);
@@ -508,11 +525,12 @@ async fn run(
         for locator in &rt.locators {
             match locator {
                 Locator::Header(name) if name == "authorization" => {
-                    let bearer = parts
-                        .headers
-                        .get(http::header::AUTHORIZATION)
-                        .and_then(|v| v.to_str().ok())
-                        .is_some_and(|v| extract::is_bearer_scheme(v.trim()));
+                    let bearer = head.authorization
+                        && parts
+                            .headers
+                            .get(http::header::AUTHORIZATION)
+                            .and_then(|v| v.to_str().ok())
+                            .is_some_and(|v| extract::is_bearer_scheme(v.trim()));
                     if bearer {
                         parts.headers.remove(http::header::AUTHORIZATION);
                     }
@@ -957,10 +975,7 @@ mod tests {
         let ids = RequestIds::new();
         assert_ne!(ids.next(), ids.next());
         assert!(valid_request_id(ids.next().as_bytes()));
-        let fixed = RequestIds {
-            prefix: 0x0123_4567_89ab_cdef,
-            counter: AtomicU64::new(0x1_0000_00ff),
-        };
+        let fixed = RequestIds::starting_at(0x0123_4567_89ab_cdef, 0x1_0000_00ff);
         assert_eq!(fixed.next(), "0123456789abcdef000000ff");
         assert_eq!(fixed.next(), "0123456789abcdef00000100");
     }
@@ -990,6 +1005,7 @@ mod head_scan {
         "x-authgatex",
         "x-other",
         "accept",
+        "authorization",
     ];
     const VALUES: &[&str] = &[
         "a",
@@ -1012,14 +1028,21 @@ mod head_scan {
         let req = request(&[(0, 0), (0, 0), (1, 0), (12, 0), (12, 1), (16, 0)]);
         let (head, id) = Head::scan(&req, "x-authgate-");
         assert_eq!(head.hosts, 2);
+        assert_eq!(
+            head.host.as_ref().expect("host"),
+            VALUES[0],
+            "the first value"
+        );
         assert!(head.cookie && !head.upgrade && !head.hop_by_hop && !head.prefixed);
+        assert!(!head.authorization);
         assert!(!head.forwarded_for && !head.forwarded_host);
         assert_eq!(id.expect("request id"), "a", "the first value");
         assert_eq!(head.check(head.size), Ok(()));
         assert_eq!(head.check(head.size - 1), Err(Rejection::HeaderTooLarge));
-        let req = request(&[(2, 0), (10, 0), (11, 0), (14, 0)]);
+        let req = request(&[(2, 0), (10, 0), (11, 0), (14, 0), (18, 1)]);
         let (head, id) = Head::scan(&req, "x-authgate-");
-        assert!(head.upgrade && head.hop_by_hop && head.prefixed);
+        assert!(head.upgrade && head.hop_by_hop && head.prefixed && head.authorization);
+        assert_eq!((head.hosts, head.host.as_ref()), (0, None));
         assert!(head.forwarded_for && head.forwarded_host && id.is_none());
         // (CR, LF and NUL cannot be put in a HeaderValue by safe code; the
         // unsafe_byte check is a backstop for what hyper hands over.)
