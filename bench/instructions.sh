@@ -127,6 +127,12 @@ export AUTHGATE_WORKER_THREADS=1
 say "authgate, auth = none"
 count none "http://127.0.0.1:$P_AG/none/x" "http://127.0.0.1:$P_AG/none/x" "" -- "$AUTHGATE" run --config gateway.toml
 NONE_IR=$IR
+# What a browser's chat widget sends on a site with a few analytics cookies:
+# 24 cookies of 60 characters, one 1.6 KB header (per-byte work shows here).
+COOKIE="Cookie: $(for i in $(seq 0 23); do printf 'c%d=%s; ' "$i" "$(printf '%060d' 0)"; done)"
+say "authgate, auth = none, a 1.6 KB Cookie header"
+count cookie "http://127.0.0.1:$P_AG/none/x" "http://127.0.0.1:$P_AG/none/x" "${COOKIE%; }" -- "$AUTHGATE" run --config gateway.toml
+COOKIE_IR=$IR
 say "authgate, RS256, one token repeated"
 count rs "http://127.0.0.1:$P_AG/none/x" "http://127.0.0.1:$P_AG/rs/x" "Authorization: Bearer $TOKEN" -- "$AUTHGATE" run --config gateway.toml
 RS_IR=$IR
@@ -135,6 +141,7 @@ ratio() { awk -v a="$1" -v b="$BARE_IR" 'BEGIN { printf "%.2f", a / b }'; }
 printf '\n| case | instructions / request | × bare hyper proxy |\n|---|---:|---:|\n'
 printf '| bare hyper proxy (examples/bare_proxy.rs) | %s | 1.00 |\n' "$BARE_IR"
 printf '| authgate, auth = none | %s | %s |\n' "$NONE_IR" "$(ratio "$NONE_IR")"
+printf '| authgate, auth = none, a 1.6 KB Cookie header | %s | %s |\n' "$COOKIE_IR" "$(ratio "$COOKIE_IR")"
 printf '| authgate, RS256 repeated token | %s | %s |\n' "$RS_IR" "$(ratio "$RS_IR")"
 printf '\n(user space only, %s requests per case after %s warm-up; 50 connections; %s.\n' \
     "$N" "$WARMUP" "$(valgrind --version)"

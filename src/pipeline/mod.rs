@@ -259,10 +259,7 @@ impl Head {
         for (k, v) in req.headers() {
             let name = k.as_str();
             head.size += name.len() + v.len() + 4;
-            head.unsafe_byte |= v
-                .as_bytes()
-                .iter()
-                .any(|&b| b == 0 || b == b'\r' || b == b'\n');
+            head.unsafe_byte |= has_unsafe_byte(v.as_bytes());
             match name {
                 "host" => {
                     head.hosts += 1;
@@ -302,6 +299,12 @@ impl Head {
             Ok(())
         }
     }
+}
+
+/// A CR, LF or NUL: bytes HTTP/1.1 cannot carry in a header value. Vector
+/// search (memchr), as a browser's cookie header alone may be kilobytes.
+fn has_unsafe_byte(value: &[u8]) -> bool {
+    memchr::memchr3(0, b'\r', b'\n', value).is_some()
 }
 
 fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
@@ -1053,7 +1056,31 @@ mod head_scan {
         assert_eq!(unsafe_head.check(8192), Err(Rejection::BadRequest));
     }
 
+    #[test]
+    fn unsafe_bytes_are_found_anywhere() {
+        assert!(!has_unsafe_byte(b""));
+        assert!(!has_unsafe_byte(&[b'a'; 4096]));
+        for bad in [0u8, b'\r', b'\n'] {
+            for len in [1usize, 15, 16, 31, 32, 33, 64, 100, 4096] {
+                for at in [0, len / 2, len - 1] {
+                    let mut v = vec![b'a'; len];
+                    v[at] = bad;
+                    assert!(has_unsafe_byte(&v), "{bad} at {at} of {len}");
+                }
+            }
+        }
+    }
+
     proptest! {
+        /// The vector search decides as the byte-by-byte definition.
+        #[test]
+        fn unsafe_byte_search_is_the_definition(v in proptest::collection::vec(any::<u8>(), 0..300)) {
+            prop_assert_eq!(
+                has_unsafe_byte(&v),
+                v.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n')
+            );
+        }
+
         /// Skipping a stage's lookup when the scan saw nothing for it gives
         /// the same upstream headers as always running it.
         #[test]
