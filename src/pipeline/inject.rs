@@ -19,8 +19,14 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 /// Whether a header is hop-by-hop (never forwarded). One string match
 /// (by length first) instead of nine name comparisons.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    is_hop_by_hop_name(name.as_str())
+}
+
+/// [`is_hop_by_hop`] on a name already lower-case (a `HeaderName`'s).
+#[inline]
+pub fn is_hop_by_hop_name(name: &str) -> bool {
     matches!(
-        name.as_str(),
+        name,
         "connection"
             | "keep-alive"
             | "proxy-connection"

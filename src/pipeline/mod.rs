@@ -280,7 +280,7 @@ impl Head {
                         request_id = Some(v.clone());
                     }
                 }
-                _ => head.hop_by_hop |= inject::is_hop_by_hop(k),
+                _ => head.hop_by_hop |= inject::is_hop_by_hop_name(name),
             }
             head.prefixed |= name.starts_with(prefix);
         }
@@ -301,10 +301,17 @@ impl Head {
     }
 }
 
-/// A CR, LF or NUL: bytes HTTP/1.1 cannot carry in a header value. Vector
-/// search (memchr), as a browser's cookie header alone may be kilobytes.
+/// A CR, LF or NUL: bytes HTTP/1.1 cannot carry in a header value. Long
+/// values by vector search (memchr): a browser's cookie header alone may be
+/// kilobytes.
 fn has_unsafe_byte(value: &[u8]) -> bool {
-    memchr::memchr3(0, b'\r', b'\n', value).is_some()
+    if value.len() < 16 {
+        // Most values are short: memchr's dispatch would cost more than the
+        // bytes.
+        value.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n')
+    } else {
+        memchr::memchr3(0, b'\r', b'\n', value).is_some()
+    }
 }
 
 fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
@@ -1009,6 +1016,7 @@ mod head_scan {
         "x-other",
         "accept",
         "authorization",
+        "proxy-authenticate",
     ];
     const VALUES: &[&str] = &[
         "a",
