@@ -854,6 +854,19 @@ fn redact_body(doc: &mut Value, ptr: &str) -> Vec<String> {
 }
 
 fn strip_cookie(headers: &mut http::HeaderMap, name: &str) {
+    // The usual case, one readable `Cookie` header that cannot hold the
+    // cookie, is forwarded as it is: rebuilding it would change nothing but
+    // spacing and empty pairs. Several headers are still joined into one.
+    let mut values = headers.get_all(http::header::COOKIE).iter();
+    match (values.next(), values.next()) {
+        (None, _) => return,
+        (Some(only), None)
+            if !extract::may_hold_cookie(only.as_bytes(), name) && only.to_str().is_ok() =>
+        {
+            return
+        }
+        _ => {}
+    }
     let kept: Vec<String> = headers
         .get_all(http::header::COOKIE)
         .iter()
@@ -973,6 +986,72 @@ fn cors_headers(cors: &crate::config::Cors, h: &mut http::HeaderMap, origin: Hea
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cookies(values: &[&[u8]]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for v in values {
+            h.append(
+                http::header::COOKIE,
+                HeaderValue::from_bytes(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    fn cookie_header(h: &http::HeaderMap) -> Vec<&[u8]> {
+        h.get_all(http::header::COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect()
+    }
+
+    #[test]
+    fn strip_cookie_takes_the_token_cookie_and_only_it() {
+        // One header without the cookie: forwarded exactly as sent.
+        let mut h = cookies(&[b"a=1;  b=2;; authcookie=3"]);
+        strip_cookie(&mut h, "AuthCookie");
+        assert_eq!(cookie_header(&h), [&b"a=1;  b=2;; authcookie=3"[..]]);
+        // The name occurs only inside another cookie's name or value: the
+        // full rebuild, and still nothing of that name is removed.
+        let mut h = cookies(&[b"xAuthCookie=1;  b=AuthCookie"]);
+        strip_cookie(&mut h, "AuthCookie");
+        assert_eq!(cookie_header(&h), [&b"xAuthCookie=1; b=AuthCookie"[..]]);
+        // The cookie itself goes, wherever it is.
+        for v in [
+            &b"AuthCookie=t; a=1"[..],
+            b"a=1; AuthCookie=t",
+            b"a=1;AuthCookie = t ;b=2",
+        ] {
+            let mut h = cookies(&[v]);
+            strip_cookie(&mut h, "AuthCookie");
+            let left = cookie_header(&h);
+            assert!(
+                left.iter()
+                    .all(|l| !l.windows(10).any(|w| w == b"AuthCookie")),
+                "{:?}",
+                String::from_utf8_lossy(v)
+            );
+            assert!(!left.is_empty());
+        }
+        let mut h = cookies(&[b"AuthCookie=t"]);
+        strip_cookie(&mut h, "AuthCookie");
+        assert!(cookie_header(&h).is_empty());
+        // Several headers are joined into one (HTTP/2 cookie crumbs), with
+        // or without the cookie.
+        let mut h = cookies(&[b"a=1", b"b=2"]);
+        strip_cookie(&mut h, "AuthCookie");
+        assert_eq!(cookie_header(&h), [&b"a=1; b=2"[..]]);
+        let mut h = cookies(&[b"a=1", b"AuthCookie=t"]);
+        strip_cookie(&mut h, "AuthCookie");
+        assert_eq!(cookie_header(&h), [&b"a=1"[..]]);
+        // An unreadable header (obs-text) is not forwarded, as before.
+        let mut h = cookies(&[b"a=\xe9"]);
+        strip_cookie(&mut h, "AuthCookie");
+        assert!(cookie_header(&h).is_empty());
+        let mut h = http::HeaderMap::new();
+        strip_cookie(&mut h, "AuthCookie");
+        assert!(h.is_empty());
+    }
 
     #[test]
     fn request_ids() {
