@@ -135,11 +135,16 @@ fn semicolon_pieces(value: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-/// A cookie pair's name: before the first `=` (the whole pair without one).
-fn pair_name(pair: &str) -> &str {
-    memchr::memchr(b'=', pair.as_bytes())
-        .and_then(|i| pair.get(..i))
-        .unwrap_or(pair)
+/// A trimmed cookie pair split at its first `=`: the trimmed name (the
+/// whole pair when there is no `=`) and the untrimmed value, if any.
+fn split_pair(pair: &str) -> (&str, Option<&str>) {
+    match memchr::memchr(b'=', pair.as_bytes()) {
+        Some(i) => (
+            pair.get(..i).unwrap_or(pair).trim_ascii(),
+            pair.get(i + 1..),
+        ),
+        None => (pair, None),
+    }
 }
 
 /// Every value of cookie `name` across all `Cookie` headers.
@@ -151,13 +156,12 @@ pub fn cookie_values<'a>(parts: &'a Parts, name: &'a str) -> impl Iterator<Item 
         .filter(move |v| may_hold_cookie(v.as_bytes(), name))
         .filter_map(|v| v.to_str().ok())
         .flat_map(semicolon_pieces)
-        .filter_map(move |pair| {
-            // `to_str` let only visible ASCII and tabs through, so ASCII
-            // trimming is all the trimming there is (and much cheaper).
-            let pair = pair.trim_ascii();
-            let k = pair_name(pair);
-            let v = pair.get(k.len() + 1..)?;
-            (k.trim_ascii() == name).then(|| v.trim_ascii().trim_matches('"'))
+        // `to_str` let only visible ASCII and tabs through, so ASCII
+        // trimming is all the trimming there is (and much cheaper).
+        .map(str::trim_ascii)
+        .filter_map(move |pair| match split_pair(pair) {
+            (k, Some(v)) if k == name => Some(v.trim_ascii().trim_matches('"')),
+            _ => None,
         })
 }
 
@@ -226,7 +230,7 @@ pub fn query_without(query: &str, name: &str) -> Option<String> {
 pub fn cookie_without(value: &str, name: &str) -> Option<String> {
     let mut kept = String::with_capacity(value.len());
     for pair in semicolon_pieces(value).map(str::trim_ascii) {
-        if pair.is_empty() || pair_name(pair).trim_ascii() == name {
+        if pair.is_empty() || split_pair(pair).0 == name {
             continue;
         }
         if !kept.is_empty() {

@@ -548,7 +548,9 @@ async fn run(
                 Locator::Header(name) => {
                     parts.headers.remove(name.as_str());
                 }
-                Locator::Cookie(name) => strip_cookie(&mut parts.headers, name),
+                // Nothing to strip when the head scan saw no `Cookie`.
+                Locator::Cookie(name) if head.cookie => strip_cookie(&mut parts.headers, name),
+                Locator::Cookie(_) => {}
                 Locator::Query(name) => {
                     query = query
                         .as_deref()
