@@ -57,10 +57,16 @@ pub fn loggable_customer_id(id: &str) -> Option<&str> {
 }
 
 /// Writes the access-log line (target `authgate::access`, level INFO).
+/// Whether [`access_log`] writes lines: what only the log needs (the
+/// upstream's time) is not measured otherwise.
+pub fn access_log_enabled() -> bool {
+    tracing::enabled!(target: "authgate::access", tracing::Level::INFO)
+}
+
 pub fn access_log(l: &AccessLine<'_>) {
     // Checked first: the customer-id check below runs on every request
     // otherwise, logged or not.
-    if !tracing::enabled!(target: "authgate::access", tracing::Level::INFO) {
+    if !access_log_enabled() {
         return;
     }
     let customer_id = l.customer_id.and_then(loggable_customer_id);

@@ -1643,6 +1643,10 @@ async fn logs_carry_one_access_line_per_request_and_no_credentials() {
     assert_eq!(by_id("h-forged")["error"], "invalid_token");
     assert_eq!(by_id("h-down")["error"], "upstream_unavailable");
     assert_eq!(by_id("h-public")["auth"], "anonymous");
+    // The upstream's time is measured for a request that reached it, and
+    // only for such a request.
+    assert!(by_id("h-bearer")["upstream_ms"].is_number(), "{access:#?}");
+    assert!(by_id("h-expired")["upstream_ms"].is_null(), "{access:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

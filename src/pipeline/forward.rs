@@ -32,7 +32,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tower_service::Service;
 
 /// Errors of bodies that flow through the gateway.
@@ -313,14 +313,14 @@ impl UpstreamClient {
     }
 
     /// Forwards `request` (origin-form URI) to this client's upstream,
-    /// waiting at most `timeout` for the response head. The response body
-    /// returns the connection to the pool when it ends.
+    /// waiting for the response head until `deadline` at most. The response
+    /// body returns the connection to the pool when it ends.
     pub async fn forward(
         &self,
         request: Request<Body>,
-        timeout: Duration,
+        deadline: Instant,
     ) -> Result<Response<Body>, UpstreamError> {
-        match crate::timer::timeout(timeout, self.exchange(request)).await {
+        match crate::timer::timeout_at(deadline, self.exchange(request)).await {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(r) => r,
         }

@@ -659,11 +659,16 @@ async fn run(
         (None, Some(bytes)) => forward::full(bytes),
         (None, None) => streaming.map_or_else(|| forward::full(Bytes::new()), forward::boxed),
     };
+    // One clock read for the deadline and the access log's upstream time
+    // (a second only when that log is on).
     let sent = Instant::now();
+    let deadline = sent + limits.request_timeout.min(crate::timer::ABOUT_NEVER);
     let result = upstream
-        .forward(Request::from_parts(parts, body), limits.request_timeout)
+        .forward(Request::from_parts(parts, body), deadline)
         .await;
-    out.upstream_secs = Some(sent.elapsed().as_secs_f64());
+    if crate::telemetry::access_log_enabled() {
+        out.upstream_secs = Some(sent.elapsed().as_secs_f64());
+    }
     let mut response = match result {
         Ok(r) => r,
         Err(e) => {
