@@ -31,6 +31,11 @@ trap 'rm -rf "$LOGS"' EXIT
 
 run_one() {
     local t=$1 log=$LOGS/$1.log
+    # Committed seeds (fuzz/seeds/TARGET) start the corpus where a random
+    # start would take long to reach, e.g. a correctly signed token.
+    if [[ -d seeds/$t ]]; then
+        mkdir -p "corpus/$t" && cp seeds/"$t"/* "corpus/$t/"
+    fi
     if cargo +nightly fuzz run -O "$t" -- -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 >"$log" 2>&1; then
         local done_line cov
         done_line=$(grep -E '^Done [0-9]+ runs' "$log" | tail -1)
