@@ -56,13 +56,13 @@ pub fn loggable_customer_id(id: &str) -> Option<&str> {
     .then_some(id)
 }
 
-/// Writes the access-log line (target `authgate::access`, level INFO).
 /// Whether [`access_log`] writes lines: what only the log needs (the
 /// upstream's time) is not measured otherwise.
 pub fn access_log_enabled() -> bool {
     tracing::enabled!(target: "authgate::access", tracing::Level::INFO)
 }
 
+/// Writes the access-log line (target `authgate::access`, level INFO).
 pub fn access_log(l: &AccessLine<'_>) {
     // Checked first: the customer-id check below runs on every request
     // otherwise, logged or not.

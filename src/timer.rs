@@ -364,7 +364,13 @@ pub const ABOUT_NEVER: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
 
 /// `duration` from now, at most [`ABOUT_NEVER`].
 pub fn deadline_in(duration: Duration) -> Instant {
-    Instant::now() + duration.min(ABOUT_NEVER)
+    deadline_after(Instant::now(), duration)
+}
+
+/// `duration` after `start` (a clock read the caller already has), at most
+/// [`ABOUT_NEVER`].
+pub fn deadline_after(start: Instant, duration: Duration) -> Instant {
+    start + duration.min(ABOUT_NEVER)
 }
 
 impl Sleep {

@@ -100,9 +100,8 @@ fuzz_target!(|data: &[u8]| {
             None => assert!(others.is_empty()),
             Some(k) => {
                 let mut h = http::request::Request::new(()).into_parts().0;
-                let Ok(hv) = HeaderValue::from_str(k) else {
-                    panic!("cookie_without made an unreadable header from a readable one");
-                };
+                let hv = HeaderValue::from_str(k)
+                    .expect("cookie_without keeps a readable header readable");
                 h.headers.insert(http::header::COOKIE, hv);
                 assert_eq!(extract::cookie_values(&h, &name).count(), 0);
                 let kept_pairs: Vec<&str> = k.split("; ").collect();

@@ -662,7 +662,7 @@ async fn run(
     // One clock read for the deadline and the access log's upstream time
     // (a second only when that log is on).
     let sent = Instant::now();
-    let deadline = sent + limits.request_timeout.min(crate::timer::ABOUT_NEVER);
+    let deadline = crate::timer::deadline_after(sent, limits.request_timeout);
     let result = upstream
         .forward(Request::from_parts(parts, body), deadline)
         .await;
