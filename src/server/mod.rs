@@ -393,18 +393,7 @@ impl Http {
             // hyper's own cap is a backstop; the exact limit and the JSON 431
             // come from the pipeline.
             .max_buf_size((limits.max_header_bytes * 2).max(16 * 1024))
-            .keep_alive(true)
-            // The end of a client's sending side while its request is in
-            // flight is not an abort (HAProxy without `abortonclose` does the
-            // same): the upstream exchange completes, within request_timeout,
-            // its connection goes back to the pool, and the answer is written
-            // (a client that closed entirely is noticed then). hyper's
-            // default watches for that EOF by polling the socket on every
-            // wake-up while the request is in flight, and each of those
-            // polls reserves a fresh 8 KiB read buffer first, because the
-            // request still holds the old one: one allocation and ≈ 460
-            // instructions per request (README "Performance").
-            .half_close(true);
+            .keep_alive(true);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(HyperTimer)
             .max_concurrent_streams(256)

@@ -1761,60 +1761,6 @@ async fn a_client_that_stops_reading_is_dropped_after_send_timeout() {
     );
 }
 
-/// An upstream that answers `200 late` only once `gate` is notified;
-/// `arrived` is notified when a request reaches it.
-async fn gated_upstream() -> (SocketAddr, Arc<Notify>, Arc<Notify>) {
-    let arrived = Arc::new(Notify::new());
-    let gate = Arc::new(Notify::new());
-    let (a, g) = (arrived.clone(), gate.clone());
-    let addr = serve_http1(move || {
-        let (a, g) = (a.clone(), g.clone());
-        hyper::service::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
-            let (a, g) = (a.clone(), g.clone());
-            async move {
-                a.notify_one();
-                g.notified().await;
-                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
-                    bytes::Bytes::from_static(b"late"),
-                )))
-            }
-        })
-    })
-    .await;
-    (addr, arrived, gate)
-}
-
-#[tokio::test]
-async fn a_client_that_half_closes_after_its_request_still_gets_the_response() {
-    // The server side allows half-closed HTTP/1 connections: the end of the
-    // client's sending side while its request is in flight is not taken as
-    // an abort (as HAProxy without `abortonclose`), so the upstream exchange
-    // completes and the answer goes back. Bounded by request_timeout.
-    let keys = Keys::generate();
-    let (up, arrived, gate) = gated_upstream().await;
-    let gw = TestGateway::start_with_upstream(
-        &TestGateway::default_toml(keys),
-        "",
-        Upstream::start().await,
-        &format!("http://{up}"),
-    )
-    .await;
-    let mut s = connect(gw.addr).await;
-    within(
-        "request",
-        s.write_all(b"GET /api/public/x HTTP/1.1\r\nHost: a\r\n\r\n"),
-    )
-    .await
-    .expect("write");
-    within("the request to reach the upstream", arrived.notified()).await;
-    // FIN while the gateway waits for the upstream's answer.
-    within("half-close", s.shutdown()).await.expect("shutdown");
-    gate.notify_one();
-    let text = String::from_utf8_lossy(&read_to_eof(&mut s).await).into_owned();
-    assert_eq!(status_of(&text), 200, "{text}");
-    assert!(text.ends_with("late"), "{text}");
-}
-
 // ---------------------------------------------------------------------------
 // 7. Slowloris
 // ---------------------------------------------------------------------------
