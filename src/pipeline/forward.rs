@@ -65,7 +65,7 @@ fn connect_io(
 }
 
 /// The HTTP/1 handshake, and the connection task spawned; boxed as `Send`
-/// outside any `async fn` for the same reason as [`send_on`].
+/// outside any `async fn` (rustc cannot prove it `Send` inside one).
 fn handshake(
     io: Io,
 ) -> Pin<Box<dyn std::future::Future<Output = Result<SendRequest<Body>, ()>> + Send>> {
@@ -87,13 +87,14 @@ fn handshake(
 
 type SendResult = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>>;
 
-/// `try_send_request`, boxed as `Send` outside any `async fn` (rustc cannot
-/// otherwise prove the request future `Send` through hyper's bounds).
+/// `try_send_request`, with its future's type declared `Send + 'static`
+/// here, so that the request future awaiting it is provably `Send`; not
+/// boxed, which would cost an allocation per request.
 fn send_on(
     sender: &mut SendRequest<Body>,
     request: Request<Body>,
-) -> Pin<Box<dyn std::future::Future<Output = SendResult> + Send>> {
-    Box::pin(sender.try_send_request(request))
+) -> impl std::future::Future<Output = SendResult> + Send + 'static {
+    sender.try_send_request(request)
 }
 
 fn box_incoming(b: Incoming) -> Body {
@@ -103,6 +104,13 @@ fn box_incoming(b: Incoming) -> Body {
 /// A body of fixed bytes.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     boxed(http_body_util::Full::new(bytes.into()))
+}
+
+/// An empty body. Zero-sized, so boxing it allocates nothing.
+pub fn empty() -> Body {
+    http_body_util::Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// Why an exchange failed; the `kind` label of `authgate_upstream_errors_total`.

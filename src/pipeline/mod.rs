@@ -97,7 +97,11 @@ impl RequestIds {
         let mut text = [0u8; 24];
         text[..16].copy_from_slice(&self.prefix);
         hex_digits(&mut text[16..], n);
-        HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
+        // Owned by a reference-counted allocation from the start: the
+        // value is cloned for the response, and a clone of bytes copied
+        // into a plain vector allocates again to share them.
+        HeaderValue::from_maybe_shared(Bytes::from_owner(text))
+            .unwrap_or_else(|_| HeaderValue::from_static("0"))
     }
 }
 
@@ -657,7 +661,12 @@ async fn run(
             forward::full(bytes)
         }
         (None, Some(bytes)) => forward::full(bytes),
-        (None, None) => streaming.map_or_else(|| forward::full(Bytes::new()), forward::boxed),
+        // A request that has ended already (no body: most GETs) gets an
+        // empty body that costs no allocation.
+        (None, None) => match streaming {
+            Some(b) if !http_body::Body::is_end_stream(&b) => forward::boxed(b),
+            _ => forward::empty(),
+        },
     };
     // One clock read for the deadline and the access log's upstream time
     // (a second only when that log is on).
@@ -697,7 +706,7 @@ async fn run(
                 drop(slot);
             });
             let (parts, _) = response.into_parts();
-            return Ok(Response::from_parts(parts, forward::full(Bytes::new())));
+            return Ok(Response::from_parts(parts, forward::empty()));
         }
         // An upgrade nobody asked for is not passed on.
         return Err(Rejection::UpstreamUnavailable);
@@ -946,7 +955,7 @@ fn cors_origin<B>(rt: &Runtime, req: &Request<B>) -> Option<HeaderValue> {
 
 fn cors_preflight(rt: &Runtime, origin: HeaderValue) -> Response<Body> {
     use http::header::*;
-    let mut r = Response::new(forward::full(Bytes::new()));
+    let mut r = Response::new(forward::empty());
     *r.status_mut() = StatusCode::NO_CONTENT;
     let Some(cors) = rt.config.cors.as_ref() else {
         return r;
