@@ -113,6 +113,29 @@ pub fn empty() -> Body {
         .boxed()
 }
 
+pin_project_lite::pin_project! {
+    /// An exchange under its deadline; the deadline's passing is
+    /// [`UpstreamError::Timeout`].
+    struct TimedExchange<F> {
+        #[pin]
+        inner: crate::timer::Timeout<F>,
+    }
+}
+
+impl<F> std::future::Future for TimedExchange<F>
+where
+    F: std::future::Future<Output = Result<Response<Body>, UpstreamError>>,
+{
+    type Output = Result<Response<Body>, UpstreamError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project()
+            .inner
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(UpstreamError::Timeout)))
+    }
+}
+
 /// Why an exchange failed; the `kind` label of `authgate_upstream_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamError {
@@ -323,14 +346,19 @@ impl UpstreamClient {
     /// Forwards `request` (origin-form URI) to this client's upstream,
     /// waiting for the response head until `deadline` at most. The response
     /// body returns the connection to the pool when it ends.
-    pub async fn forward(
+    ///
+    /// Not an `async fn`, and neither is [`UpstreamClient::exchange`]: an
+    /// `async fn` keeps its arguments twice in its state (as passed, and
+    /// moved into the body's locals) and copies them from one to the other
+    /// when it starts — a 240-byte request, at each level. This returns
+    /// the exchange inside its timeout directly.
+    pub fn forward(
         &self,
         request: Request<Body>,
         deadline: Instant,
-    ) -> Result<Response<Body>, UpstreamError> {
-        match crate::timer::timeout_at(deadline, self.exchange(request)).await {
-            Err(_) => Err(UpstreamError::Timeout),
-            Ok(r) => r,
+    ) -> impl std::future::Future<Output = Result<Response<Body>, UpstreamError>> + Send + '_ {
+        TimedExchange {
+            inner: crate::timer::timeout_at(deadline, self.exchange(request)),
         }
     }
 
@@ -373,37 +401,47 @@ impl UpstreamClient {
         }
     }
 
-    async fn exchange(&self, mut request: Request<Body>) -> Result<Response<Body>, UpstreamError> {
-        for attempt in 0..2 {
-            let (mut sender, reused) = match self.pool.checkout() {
-                Some(s) => (s, true),
-                None => (self.connect(None).await?, false),
-            };
-            match send_on(&mut sender, request).await {
-                Ok(response) => {
-                    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                        // The connection now belongs to the upgrade.
-                        return Ok(response.map(box_incoming));
-                    }
-                    let pool = self.pool.clone();
-                    return Ok(response.map(|inner| {
-                        PooledBody {
-                            inner,
-                            sender: Some(sender),
-                            pool,
+    /// One exchange on a pooled connection, retried once on a fresh one
+    /// when the pooled one turns out closed. Not an `async fn`: see
+    /// [`UpstreamClient::forward`].
+    #[allow(clippy::manual_async_fn)]
+    fn exchange(
+        &self,
+        mut request: Request<Body>,
+    ) -> impl std::future::Future<Output = Result<Response<Body>, UpstreamError>> + Send + '_ {
+        // The block uses the request it captured in place (see `forward`).
+        async move {
+            for attempt in 0..2 {
+                let (mut sender, reused) = match self.pool.checkout() {
+                    Some(s) => (s, true),
+                    None => (self.connect(None).await?, false),
+                };
+                match send_on(&mut sender, request).await {
+                    Ok(response) => {
+                        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                            // The connection now belongs to the upgrade.
+                            return Ok(response.map(box_incoming));
                         }
-                        .map_err(|e| Box::new(e) as BoxError)
-                        .boxed()
-                    }));
+                        let pool = self.pool.clone();
+                        return Ok(response.map(|inner| {
+                            PooledBody {
+                                inner,
+                                sender: Some(sender),
+                                pool,
+                            }
+                            .map_err(|e| Box::new(e) as BoxError)
+                            .boxed()
+                        }));
+                    }
+                    Err(mut e) => match e.take_message() {
+                        // Not written: a pooled connection closed under us.
+                        Some(r) if reused && attempt == 0 => request = r,
+                        _ => return Err(UpstreamError::Reset),
+                    },
                 }
-                Err(mut e) => match e.take_message() {
-                    // Not written: a pooled connection closed under us.
-                    Some(r) if reused && attempt == 0 => request = r,
-                    _ => return Err(UpstreamError::Reset),
-                },
             }
+            Err(UpstreamError::Reset)
         }
-        Err(UpstreamError::Reset)
     }
 
     async fn connect(&self, origin: Option<&Uri>) -> Result<SendRequest<Body>, UpstreamError> {

@@ -336,388 +336,397 @@ fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
 }
 
 /// The life of one request; reads like the algorithm.
-async fn run(
-    shared: &Shared,
-    rt: &Runtime,
+/// Not an `async fn`: one keeps its arguments twice in its state (as
+/// passed, and moved into the body's locals), and this state is moved into
+/// its allocation whole on every request (see `handle`); the block below
+/// uses what it captured in place.
+#[allow(clippy::manual_async_fn)]
+fn run<'a>(
+    shared: &'a Shared,
+    rt: &'a Runtime,
     conn: ConnInfo,
     mut req: Request<Incoming>,
     head: Head,
-    request_id: RequestId<'_>,
-    out: &mut Outcome,
-) -> Result<Response<Body>, Rejection> {
-    let limits = &rt.config.limits;
-    head.check(limits.max_header_bytes)?;
-    // HTTP/1.1 needs exactly one Host (RFC 9112 §3.2); HTTP/2 uses :authority.
-    if req.version() == Version::HTTP_11 && head.hosts != 1 {
-        return Err(Rejection::BadRequest);
-    }
-    // The request target, held apart from the request (a reference count):
-    // the path borrows from it, and when neither the path nor the query
-    // changes on the way, the upstream request reuses it as it is.
-    // A target without a path (authority form) is refused, as an empty path
-    // would be by `normalize`.
-    let target = req
-        .uri()
-        .path_and_query()
-        .cloned()
-        .ok_or(Rejection::BadRequest)?;
-    let path = path::normalize(target.path()).map_err(|_| Rejection::BadRequest)?;
-    // CORS: a genuine preflight from an allowed origin is answered here.
-    if let Some(origin) = cors_origin(rt, &req) {
-        if req.method() == Method::OPTIONS
-            && req
-                .headers()
-                .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
-        {
-            return Ok(cors_preflight(rt, origin));
+    request_id: RequestId<'a>,
+    out: &'a mut Outcome,
+) -> impl std::future::Future<Output = Result<Response<Body>, Rejection>> + Send + 'a {
+    async move {
+        let limits = &rt.config.limits;
+        head.check(limits.max_header_bytes)?;
+        // HTTP/1.1 needs exactly one Host (RFC 9112 §3.2); HTTP/2 uses :authority.
+        if req.version() == Version::HTTP_11 && head.hosts != 1 {
+            return Err(Rejection::BadRequest);
         }
-        out.cors_origin = Some(origin);
-    }
-    // route
-    let route_idx = match rt.resolve(&path, req.method()) {
-        RouteMatch::Found(i) => i,
-        RouteMatch::NotFound => return Err(Rejection::NotFound),
-        RouteMatch::MethodNotAllowed(candidates) => {
-            return Err(Rejection::MethodNotAllowed {
-                allow: rt.allow_header(candidates),
-            })
-        }
-    };
-    let route = &rt.routes[route_idx];
-    out.route = Some(route.name.clone());
-    let upgrade = head.upgrade && is_websocket_upgrade(&req);
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
-
-    // read the body only where a `body:` locator needs it
-    let (mut json, raw, streaming) = if route.reads_body {
-        // The body gets the same deadline as the upstream exchange: a client
-        // trickling a body must not hold a connection slot forever.
-        let bytes = crate::timer::timeout(
-            limits.request_timeout,
-            read_body(body, &parts, limits.max_body_bytes),
-        )
-        .await
-        .map_err(|_| Rejection::BadRequest)??;
-        (parse_body(&parts, &bytes)?, Some(bytes), None)
-    } else {
-        (None, None, Some(body))
-    };
-
-    // context object (validated before the token so a wrong-typed
-    // `Auth.Token` is reported as a context error naming the field)
-    let context = match (&route.context, &json) {
-        (Some(Locator::Body(ptr)), Some(doc)) => match crate::context::pointer(doc, ptr) {
-            None | Some(Value::Null) => None,
-            Some(ctx) => {
-                let c = crate::context::validate(ctx, rt.identity.pii)?;
-                out.pii_redacted = c.pii_redacted;
-                Some(c)
+        // The request target, held apart from the request (a reference count):
+        // the path borrows from it, and when neither the path nor the query
+        // changes on the way, the upstream request reuses it as it is.
+        // A target without a path (authority form) is refused, as an empty path
+        // would be by `normalize`.
+        let target = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .ok_or(Rejection::BadRequest)?;
+        let path = path::normalize(target.path()).map_err(|_| Rejection::BadRequest)?;
+        // CORS: a genuine preflight from an allowed origin is answered here.
+        if let Some(origin) = cors_origin(rt, &req) {
+            if req.method() == Method::OPTIONS
+                && req
+                    .headers()
+                    .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+            {
+                return Ok(cors_preflight(rt, origin));
             }
-        },
-        _ => None,
-    };
-
-    // Per-IP limits run before verification, so floods of bad tokens are
-    // limited too; per-customer limits need the identity and run after.
-    let client_ip = || {
-        clientip::rate_key(clientip::client_ip(
-            conn.peer.ip(),
-            parts
-                .headers
-                .get_all(&inject::X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok()),
-            &rt.trusted_proxies,
-        ))
-    };
-    if let Some(limiter) = route.rate_limit.as_ref().filter(|l| !l.per_customer) {
-        if let Err(retry_after_secs) = limiter.check(client_ip(), Instant::now()) {
-            return Err(Rejection::RateLimited { retry_after_secs });
+            out.cors_origin = Some(origin);
         }
-    }
-
-    // extract
-    let credential = if route.auth == AuthMode::None {
-        if head.cookie {
-            extract::check_cookie_headers(&parts)?;
-        }
-        None
-    } else {
-        match extract::credential(&parts, &rt.locators, upgrade, json.as_ref()) {
-            Ok(c) => c,
-            Err(e) => {
-                // A presented but unreadable token still gets error="invalid_token".
-                out.token_presented = e == Rejection::InvalidToken;
-                return Err(e);
+        // route
+        let route_idx = match rt.resolve(&path, req.method()) {
+            RouteMatch::Found(i) => i,
+            RouteMatch::NotFound => return Err(Rejection::NotFound),
+            RouteMatch::MethodNotAllowed(candidates) => {
+                return Err(Rejection::MethodNotAllowed {
+                    allow: rt.allow_header(candidates),
+                })
             }
-        }
-    };
-    out.token_presented = credential.is_some();
-
-    // verify
-    let identity = match (&credential, route.auth) {
-        (_, AuthMode::None) | (None, AuthMode::Optional) => Identity::Anonymous,
-        (None, AuthMode::Required) => return Err(Rejection::MissingToken),
-        (Some(c), _) => {
-            // The route's issuer list is applied inside verification, right
-            // after `iss` picks the issuer: a token of another issuer is
-            // `invalid_token`, never `token_expired` or `keys_unavailable`.
-            let verified =
-                verify_token(shared, rt, &c.token, route.issuers.as_deref(), out).await?;
-            Identity::Authenticated(verified)
-        }
-    };
-    out.identity = identity.clone();
-
-    // authorize
-    let effective_scopes = authorize(route, &identity, context.as_ref())?;
-    match_claims(route, &identity, &parts, json.as_ref())?;
-    if let Some(limiter) = route.rate_limit.as_ref().filter(|l| l.per_customer) {
-        let verdict = match identity.customer_id() {
-            Some(cid) => limiter.check(cid, Instant::now()),
-            None => limiter.check(client_ip(), Instant::now()),
         };
-        if let Err(retry_after_secs) = verdict {
-            return Err(Rejection::RateLimited { retry_after_secs });
-        }
-    }
+        let route = &rt.routes[route_idx];
+        out.route = Some(route.name.clone());
+        let upgrade = head.upgrade && is_websocket_upgrade(&req);
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
 
-    // inject: strip first, then set
-    let upgrade_value = upgrade
-        .then(|| parts.headers.get(http::header::UPGRADE).cloned())
-        .flatten();
-    // The request target's authority wins over Host (absolute-form, RFC 9112
-    // §3.2.2; HTTP/2 :authority); it is never used for routing.
-    let host = parts
-        .uri
-        .host()
-        .and_then(|h| {
-            let hp = match parts.uri.port_u16() {
-                Some(p) => format!("{h}:{p}"),
-                None => h.to_owned(),
-            };
-            HeaderValue::try_from(hp).ok()
-        })
-        .or(head.host);
-    let mut query: Option<Cow<'_, str>> = target.query().map(Cow::Borrowed);
-    if head.hop_by_hop {
-        inject::strip_hop_by_hop(&mut parts.headers);
-    }
-    if head.prefixed {
-        inject::strip_prefixed(&mut parts.headers, &rt.identity.headers.prefix);
-    }
-    // Body edits happen on the client's bytes (number spelling, key order
-    // and whitespace preserved); `reserialize` is the fallback when an edit
-    // cannot be made in place (e.g. a member inside an array).
-    let mut edited: Option<Vec<u8>> = None;
-    let mut reserialize = false;
-    let mut edit = |f: &dyn Fn(&[u8]) -> Option<Vec<u8>>| match edited
-        .as_deref()
-        .or(raw.as_deref())
-        .and_then(f)
-    {
-        Some(bytes) => edited = Some(bytes),
-        None => reserialize = true,
-    };
-    // Redacted PII must not reach the upstream in the body either.
-    if let (Some(c), Some(Locator::Body(ptr)), Some(doc)) =
-        (&context, &route.context, json.as_mut())
-    {
-        if c.pii_redacted > 0 {
-            for key in redact_body(doc, ptr) {
-                let at = format!("{ptr}/CustomerInfo/{}", rewrite::escape_segment(&key));
-                let redacted = format!("\"{}\"", crate::context::REDACTED);
-                edit(&|b| rewrite::replace_value(b, &at, &redacted));
+        // read the body only where a `body:` locator needs it
+        let (mut json, raw, streaming) = if route.reads_body {
+            // The body gets the same deadline as the upstream exchange: a client
+            // trickling a body must not hold a connection slot forever.
+            let bytes = crate::timer::timeout(
+                limits.request_timeout,
+                read_body(body, &parts, limits.max_body_bytes),
+            )
+            .await
+            .map_err(|_| Rejection::BadRequest)??;
+            (parse_body(&parts, &bytes)?, Some(bytes), None)
+        } else {
+            (None, None, Some(body))
+        };
+
+        // context object (validated before the token so a wrong-typed
+        // `Auth.Token` is reported as a context error naming the field)
+        let context = match (&route.context, &json) {
+            (Some(Locator::Body(ptr)), Some(doc)) => match crate::context::pointer(doc, ptr) {
+                None | Some(Value::Null) => None,
+                Some(ctx) => {
+                    let c = crate::context::validate(ctx, rt.identity.pii)?;
+                    out.pii_redacted = c.pii_redacted;
+                    Some(c)
+                }
+            },
+            _ => None,
+        };
+
+        // Per-IP limits run before verification, so floods of bad tokens are
+        // limited too; per-customer limits need the identity and run after.
+        let client_ip = || {
+            clientip::rate_key(clientip::client_ip(
+                conn.peer.ip(),
+                parts
+                    .headers
+                    .get_all(&inject::X_FORWARDED_FOR)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok()),
+                &rt.trusted_proxies,
+            ))
+        };
+        if let Some(limiter) = route.rate_limit.as_ref().filter(|l| !l.per_customer) {
+            if let Err(retry_after_secs) = limiter.check(client_ip(), Instant::now()) {
+                return Err(Rejection::RateLimited { retry_after_secs });
             }
         }
-    }
-    // strip = true: every place a token may travel is emptied, on every
-    // route — whether or not a token was found or used there — so nothing
-    // unverified rides along to the upstream (or into its URL logs).
-    if rt.config.credentials.strip {
-        for locator in &rt.locators {
-            match locator {
-                Locator::Header(name) if name == "authorization" => {
-                    let bearer = head.authorization
-                        && parts
-                            .headers
-                            .get(http::header::AUTHORIZATION)
-                            .and_then(|v| v.to_str().ok())
-                            .is_some_and(|v| extract::is_bearer_scheme(v.trim()));
-                    if bearer {
-                        parts.headers.remove(http::header::AUTHORIZATION);
+
+        // extract
+        let credential = if route.auth == AuthMode::None {
+            if head.cookie {
+                extract::check_cookie_headers(&parts)?;
+            }
+            None
+        } else {
+            match extract::credential(&parts, &rt.locators, upgrade, json.as_ref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    // A presented but unreadable token still gets error="invalid_token".
+                    out.token_presented = e == Rejection::InvalidToken;
+                    return Err(e);
+                }
+            }
+        };
+        out.token_presented = credential.is_some();
+
+        // verify
+        let identity = match (&credential, route.auth) {
+            (_, AuthMode::None) | (None, AuthMode::Optional) => Identity::Anonymous,
+            (None, AuthMode::Required) => return Err(Rejection::MissingToken),
+            (Some(c), _) => {
+                // The route's issuer list is applied inside verification, right
+                // after `iss` picks the issuer: a token of another issuer is
+                // `invalid_token`, never `token_expired` or `keys_unavailable`.
+                let verified =
+                    verify_token(shared, rt, &c.token, route.issuers.as_deref(), out).await?;
+                Identity::Authenticated(verified)
+            }
+        };
+        out.identity = identity.clone();
+
+        // authorize
+        let effective_scopes = authorize(route, &identity, context.as_ref())?;
+        match_claims(route, &identity, &parts, json.as_ref())?;
+        if let Some(limiter) = route.rate_limit.as_ref().filter(|l| l.per_customer) {
+            let verdict = match identity.customer_id() {
+                Some(cid) => limiter.check(cid, Instant::now()),
+                None => limiter.check(client_ip(), Instant::now()),
+            };
+            if let Err(retry_after_secs) = verdict {
+                return Err(Rejection::RateLimited { retry_after_secs });
+            }
+        }
+
+        // inject: strip first, then set
+        let upgrade_value = upgrade
+            .then(|| parts.headers.get(http::header::UPGRADE).cloned())
+            .flatten();
+        // The request target's authority wins over Host (absolute-form, RFC 9112
+        // §3.2.2; HTTP/2 :authority); it is never used for routing.
+        let host = parts
+            .uri
+            .host()
+            .and_then(|h| {
+                let hp = match parts.uri.port_u16() {
+                    Some(p) => format!("{h}:{p}"),
+                    None => h.to_owned(),
+                };
+                HeaderValue::try_from(hp).ok()
+            })
+            .or(head.host);
+        let mut query: Option<Cow<'_, str>> = target.query().map(Cow::Borrowed);
+        if head.hop_by_hop {
+            inject::strip_hop_by_hop(&mut parts.headers);
+        }
+        if head.prefixed {
+            inject::strip_prefixed(&mut parts.headers, &rt.identity.headers.prefix);
+        }
+        // Body edits happen on the client's bytes (number spelling, key order
+        // and whitespace preserved); `reserialize` is the fallback when an edit
+        // cannot be made in place (e.g. a member inside an array).
+        let mut edited: Option<Vec<u8>> = None;
+        let mut reserialize = false;
+        let mut edit = |f: &dyn Fn(&[u8]) -> Option<Vec<u8>>| match edited
+            .as_deref()
+            .or(raw.as_deref())
+            .and_then(f)
+        {
+            Some(bytes) => edited = Some(bytes),
+            None => reserialize = true,
+        };
+        // Redacted PII must not reach the upstream in the body either.
+        if let (Some(c), Some(Locator::Body(ptr)), Some(doc)) =
+            (&context, &route.context, json.as_mut())
+        {
+            if c.pii_redacted > 0 {
+                for key in redact_body(doc, ptr) {
+                    let at = format!("{ptr}/CustomerInfo/{}", rewrite::escape_segment(&key));
+                    let redacted = format!("\"{}\"", crate::context::REDACTED);
+                    edit(&|b| rewrite::replace_value(b, &at, &redacted));
+                }
+            }
+        }
+        // strip = true: every place a token may travel is emptied, on every
+        // route — whether or not a token was found or used there — so nothing
+        // unverified rides along to the upstream (or into its URL logs).
+        if rt.config.credentials.strip {
+            for locator in &rt.locators {
+                match locator {
+                    Locator::Header(name) if name == "authorization" => {
+                        let bearer = head.authorization
+                            && parts
+                                .headers
+                                .get(http::header::AUTHORIZATION)
+                                .and_then(|v| v.to_str().ok())
+                                .is_some_and(|v| extract::is_bearer_scheme(v.trim()));
+                        if bearer {
+                            parts.headers.remove(http::header::AUTHORIZATION);
+                        }
                     }
-                }
-                Locator::Header(name) => {
-                    parts.headers.remove(name.as_str());
-                }
-                // Nothing to strip when the head scan saw no `Cookie`.
-                Locator::Cookie(name) if head.cookie => strip_cookie(&mut parts.headers, name),
-                Locator::Cookie(_) => {}
-                Locator::Query(name) => {
-                    query = query
-                        .as_deref()
-                        .and_then(|q| extract::query_without(q, name))
-                        .map(Cow::Owned);
-                }
-                Locator::Body(ptr) => {
-                    if let Some(doc) = json.as_mut() {
-                        if crate::context::remove_pointer(doc, ptr) {
-                            edit(&|b| rewrite::remove_member(b, ptr));
+                    Locator::Header(name) => {
+                        parts.headers.remove(name.as_str());
+                    }
+                    // Nothing to strip when the head scan saw no `Cookie`.
+                    Locator::Cookie(name) if head.cookie => strip_cookie(&mut parts.headers, name),
+                    Locator::Cookie(_) => {}
+                    Locator::Query(name) => {
+                        query = query
+                            .as_deref()
+                            .and_then(|q| extract::query_without(q, name))
+                            .map(Cow::Owned);
+                    }
+                    Locator::Body(ptr) => {
+                        if let Some(doc) = json.as_mut() {
+                            if crate::context::remove_pointer(doc, ptr) {
+                                edit(&|b| rewrite::remove_member(b, ptr));
+                            }
                         }
                     }
                 }
             }
         }
-    }
-    let names = &rt.identity.headers;
-    let issuer_name = match &identity {
-        Identity::Authenticated(v) => Some(&rt.issuers[v.issuer].name_header),
-        Identity::Anonymous => None,
-    };
-    inject::identity_headers(
-        &mut parts.headers,
-        names,
-        &identity,
-        issuer_name,
-        effective_scopes,
-    );
-    if let Some(c) = context {
-        for (name, value) in [
-            (&names.customer_info, c.customer_info),
-            (&names.segments, c.segments),
-            (&names.subdivision, c.subdivision),
-            (&names.session_id, c.session_id),
-            (&names.session_type, c.session_type),
-        ] {
-            if let Some(v) = value {
-                parts.headers.insert(name.clone(), v);
+        let names = &rt.identity.headers;
+        let issuer_name = match &identity {
+            Identity::Authenticated(v) => Some(&rt.issuers[v.issuer].name_header),
+            Identity::Anonymous => None,
+        };
+        inject::identity_headers(
+            &mut parts.headers,
+            names,
+            &identity,
+            issuer_name,
+            effective_scopes,
+        );
+        if let Some(c) = context {
+            for (name, value) in [
+                (&names.customer_info, c.customer_info),
+                (&names.segments, c.segments),
+                (&names.subdivision, c.subdivision),
+                (&names.session_id, c.session_id),
+                (&names.session_type, c.session_type),
+            ] {
+                if let Some(v) = value {
+                    parts.headers.insert(name.clone(), v);
+                }
             }
         }
-    }
-    if let (Some(signer), Identity::Authenticated(v)) = (&rt.assertion, &identity) {
-        // The effective scopes, as injected (Auth.Scopes may narrow them).
-        let scopes = parts
-            .headers
-            .get(&names.scopes)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
-        let ctx = v
-            .context
-            .as_ref()
-            .and_then(|c| serde_json::from_slice::<&RawValue>(c.as_bytes()).ok());
-        let cid = v.customer_id.to_str().unwrap_or("");
-        let jwt = signer.sign(cid, scopes, ctx, request_id.text, now_unix());
-        if let Some(h) = jwt.and_then(|j| HeaderValue::try_from(j).ok()) {
-            parts.headers.insert(names.assertion.clone(), h);
-        }
-    }
-    inject::forwarded(
-        &mut parts.headers,
-        &conn.peer_element,
-        conn.https,
-        host.clone(),
-        inject::Present {
-            forwarded_for: head.forwarded_for,
-            forwarded_host: head.forwarded_host,
-        },
-    );
-    if let Some(h) = host {
-        parts.headers.insert(HOST, h);
-    }
-    parts
-        .headers
-        .insert(X_REQUEST_ID.clone(), request_id.header.clone());
-    if let (true, Some(u)) = (upgrade, upgrade_value) {
-        parts.headers.insert(
-            http::header::CONNECTION,
-            HeaderValue::from_static("upgrade"),
-        );
-        parts.headers.insert(http::header::UPGRADE, u);
-    }
-
-    // forward
-    let upstream = &rt.upstreams[route.upstream];
-    // Unchanged: the client's target is already what uri_for would build.
-    parts.uri = if matches!(path, Cow::Borrowed(_))
-        && query.as_deref() == target.query()
-        && upstream.forwards_path_as_is()
-    {
-        Uri::from(target.clone())
-    } else {
-        upstream.uri_for(&path, query.as_deref())?
-    };
-    parts.version = Version::HTTP_11;
-    let rewritten = match (&json, reserialize, edited) {
-        (Some(doc), true, _) => Some(serde_json::to_vec(doc).map_err(|_| Rejection::BadRequest)?),
-        (_, _, edited) => edited,
-    };
-    let body: Body = match (rewritten, raw) {
-        (Some(bytes), _) => {
-            parts
+        if let (Some(signer), Identity::Authenticated(v)) = (&rt.assertion, &identity) {
+            // The effective scopes, as injected (Auth.Scopes may narrow them).
+            let scopes = parts
                 .headers
-                .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-            forward::full(bytes)
+                .get(&names.scopes)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("");
+            let ctx = v
+                .context
+                .as_ref()
+                .and_then(|c| serde_json::from_slice::<&RawValue>(c.as_bytes()).ok());
+            let cid = v.customer_id.to_str().unwrap_or("");
+            let jwt = signer.sign(cid, scopes, ctx, request_id.text, now_unix());
+            if let Some(h) = jwt.and_then(|j| HeaderValue::try_from(j).ok()) {
+                parts.headers.insert(names.assertion.clone(), h);
+            }
         }
-        (None, Some(bytes)) => forward::full(bytes),
-        // A request that has ended already (no body: most GETs) gets an
-        // empty body that costs no allocation.
-        (None, None) => match streaming {
-            Some(b) if !http_body::Body::is_end_stream(&b) => forward::boxed(b),
-            _ => forward::empty(),
-        },
-    };
-    // One clock read for the deadline and the access log's upstream time
-    // (a second only when that log is on).
-    let sent = Instant::now();
-    let deadline = crate::timer::deadline_after(sent, limits.request_timeout);
-    let result = upstream
-        .forward(Request::from_parts(parts, body), deadline)
-        .await;
-    if crate::telemetry::access_log_enabled() {
-        out.upstream_secs = Some(sent.elapsed().as_secs_f64());
-    }
-    let mut response = match result {
-        Ok(r) => r,
-        Err(e) => {
-            out.reason = Some(e.kind());
-            shared
-                .metrics
-                .upstream_errors
-                .get_or_create(&UpstreamLabels {
-                    upstream: upstream.name.clone(),
-                    kind: e.kind(),
-                })
-                .inc();
-            return Err(e.rejection());
+        inject::forwarded(
+            &mut parts.headers,
+            &conn.peer_element,
+            conn.https,
+            host.clone(),
+            inject::Present {
+                forwarded_for: head.forwarded_for,
+                forwarded_host: head.forwarded_host,
+            },
+        );
+        if let Some(h) = host {
+            parts.headers.insert(HOST, h);
         }
-    };
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
-            let deadline = match (&identity, route.close_on_expiry) {
-                (Identity::Authenticated(v), true) => Some(v.exp),
-                _ => None,
-            };
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
-            let slot = conn.slot.clone();
-            tokio::spawn(async move {
-                websocket::tunnel(client_upgrade, upstream_upgrade, deadline).await;
-                drop(slot);
-            });
-            let (parts, _) = response.into_parts();
-            return Ok(Response::from_parts(parts, forward::empty()));
+        parts
+            .headers
+            .insert(X_REQUEST_ID.clone(), request_id.header.clone());
+        if let (true, Some(u)) = (upgrade, upgrade_value) {
+            parts.headers.insert(
+                http::header::CONNECTION,
+                HeaderValue::from_static("upgrade"),
+            );
+            parts.headers.insert(http::header::UPGRADE, u);
         }
-        // An upgrade nobody asked for is not passed on.
-        return Err(Rejection::UpstreamUnavailable);
+
+        // forward
+        let upstream = &rt.upstreams[route.upstream];
+        // Unchanged: the client's target is already what uri_for would build.
+        parts.uri = if matches!(path, Cow::Borrowed(_))
+            && query.as_deref() == target.query()
+            && upstream.forwards_path_as_is()
+        {
+            Uri::from(target.clone())
+        } else {
+            upstream.uri_for(&path, query.as_deref())?
+        };
+        parts.version = Version::HTTP_11;
+        let rewritten = match (&json, reserialize, edited) {
+            (Some(doc), true, _) => {
+                Some(serde_json::to_vec(doc).map_err(|_| Rejection::BadRequest)?)
+            }
+            (_, _, edited) => edited,
+        };
+        let body: Body = match (rewritten, raw) {
+            (Some(bytes), _) => {
+                parts
+                    .headers
+                    .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                forward::full(bytes)
+            }
+            (None, Some(bytes)) => forward::full(bytes),
+            // A request that has ended already (no body: most GETs) gets an
+            // empty body that costs no allocation.
+            (None, None) => match streaming {
+                Some(b) if !http_body::Body::is_end_stream(&b) => forward::boxed(b),
+                _ => forward::empty(),
+            },
+        };
+        // One clock read for the deadline and the access log's upstream time
+        // (a second only when that log is on).
+        let sent = Instant::now();
+        let deadline = crate::timer::deadline_after(sent, limits.request_timeout);
+        let result = upstream
+            .forward(Request::from_parts(parts, body), deadline)
+            .await;
+        if crate::telemetry::access_log_enabled() {
+            out.upstream_secs = Some(sent.elapsed().as_secs_f64());
+        }
+        let mut response = match result {
+            Ok(r) => r,
+            Err(e) => {
+                out.reason = Some(e.kind());
+                shared
+                    .metrics
+                    .upstream_errors
+                    .get_or_create(&UpstreamLabels {
+                        upstream: upstream.name.clone(),
+                        kind: e.kind(),
+                    })
+                    .inc();
+                return Err(e.rejection());
+            }
+        };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let deadline = match (&identity, route.close_on_expiry) {
+                    (Identity::Authenticated(v), true) => Some(v.exp),
+                    _ => None,
+                };
+                let upstream_upgrade = hyper::upgrade::on(&mut response);
+                let slot = conn.slot.clone();
+                tokio::spawn(async move {
+                    websocket::tunnel(client_upgrade, upstream_upgrade, deadline).await;
+                    drop(slot);
+                });
+                let (parts, _) = response.into_parts();
+                return Ok(Response::from_parts(parts, forward::empty()));
+            }
+            // An upgrade nobody asked for is not passed on.
+            return Err(Rejection::UpstreamUnavailable);
+        }
+        inject::strip_hop_by_hop(response.headers_mut());
+        if rt.config.cors.is_some() {
+            // The gateway alone decides CORS: an upstream's reflected origin
+            // must not reach an origin the configuration does not allow.
+            inject::strip_prefixed(response.headers_mut(), "access-control-");
+        }
+        Ok(response)
     }
-    inject::strip_hop_by_hop(response.headers_mut());
-    if rt.config.cors.is_some() {
-        // The gateway alone decides CORS: an upstream's reflected origin
-        // must not reach an origin the configuration does not allow.
-        inject::strip_prefixed(response.headers_mut(), "access-control-");
-    }
-    Ok(response)
 }
 
 async fn verify_token(
