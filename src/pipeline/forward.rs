@@ -85,18 +85,6 @@ fn handshake(
     })
 }
 
-type SendResult = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>>;
-
-/// `try_send_request`, with its future's type declared `Send + 'static`
-/// here, so that the request future awaiting it is provably `Send`; not
-/// boxed, which would cost an allocation per request.
-fn send_on(
-    sender: &mut SendRequest<Body>,
-    request: Request<Body>,
-) -> impl std::future::Future<Output = SendResult> + Send + 'static {
-    sender.try_send_request(request)
-}
-
 fn box_incoming(b: Incoming) -> Body {
     b.map_err(|e| Box::new(e) as BoxError).boxed()
 }
@@ -391,7 +379,8 @@ impl UpstreamClient {
         );
         let exchange = async {
             let mut sender = self.connect(Some(&origin)).await?;
-            send_on(&mut sender, request)
+            sender
+                .try_send_request(request)
                 .await
                 .map_err(|_| UpstreamError::Reset)
         };
@@ -416,7 +405,7 @@ impl UpstreamClient {
                     Some(s) => (s, true),
                     None => (self.connect(None).await?, false),
                 };
-                match send_on(&mut sender, request).await {
+                match sender.try_send_request(request).await {
                     Ok(response) => {
                         if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                             // The connection now belongs to the upgrade.
