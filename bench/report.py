@@ -191,6 +191,28 @@ def main():
                 f"{user['ag_none']:.1f}")
         out.append("")
 
+    if get("hap_same", "cpu") is not None:
+        out.append(
+            "HAProxy doing the header work of authgate's `none` route (X-Request-Id to the "
+            "upstream and back, X-Forwarded-Proto/-Host, the identity-prefix strip, "
+            "x-authgate-auth; same run, same core; no target — the targets are against "
+            "HAProxy plain):\n")
+        for text, num_cid, den_cid, key, unit in [
+            ("HAProxy with the headers / HAProxy plain, CPU µs per request", "hap_same", "hap_plain", "cpu", " µs"),
+            ("authgate none / HAProxy with the headers, CPU µs per request", "ag_none", "hap_same", "cpu", " µs"),
+            (f"{rate_hdr}: authgate none / HAProxy with the headers", "ag_none", "hap_same", "p99_4k", " ms"),
+        ]:
+            a, b = get(num_cid, key), get(den_cid, key)
+            if a is None or not b:
+                continue
+            line = f"- {text}: {a:.2f}{unit} / {b:.2f}{unit} = **{a / b:.2f}×**"
+            ratios = paired(num_cid, den_cid, key)
+            if len(ratios) > 1:
+                line += (f"; round by round {', '.join(f'{x:.2f}' for x in ratios)}, "
+                         f"median {med(ratios):.2f}×")
+            out.append(line)
+        out.append("")
+
     rss = meta.get("rss", {})
     if rss:
         out.append("Memory (authgate, fresh process, VmRSS):\n")

@@ -94,8 +94,8 @@ say "work directory: $WORK"
 NOTES=()
 
 # ---------------------------------------------------------------- ports
-read -r P_NGINX P_HAP_PLAIN P_HAP_HS P_HAP_RS P_HAP_ES P_AG P_AG_ADMIN P_BARE < <(free_ports 8)
-say "ports: nginx=$P_NGINX haproxy=$P_HAP_PLAIN/$P_HAP_HS/$P_HAP_RS/$P_HAP_ES authgate=$P_AG admin=$P_AG_ADMIN"
+read -r P_NGINX P_HAP_PLAIN P_HAP_HS P_HAP_RS P_HAP_ES P_AG P_AG_ADMIN P_BARE P_HAP_SAME < <(free_ports 9)
+say "ports: nginx=$P_NGINX haproxy=$P_HAP_PLAIN/$P_HAP_SAME/$P_HAP_HS/$P_HAP_RS/$P_HAP_ES authgate=$P_AG admin=$P_AG_ADMIN"
 
 # ---------------------------------------------------------------- keys
 say "generating keys (openssl)"
@@ -239,6 +239,20 @@ backend be_nginx
 
 frontend fe_plain
     bind 127.0.0.1:$P_HAP_PLAIN
+    default_backend be_nginx
+
+# Not a target: HAProxy doing the header work authgate does on an auth = "none"
+# route (SPEC, "What the upstream receives"), to read the plain row against.
+# X-Forwarded-For comes from "option forwardfor" (defaults) on every frontend.
+frontend fe_same
+    bind 127.0.0.1:$P_HAP_SAME
+    unique-id-format %{+X}o%ci%cp%Ts%rt%pid
+    unique-id-header x-request-id
+    http-request del-header x-authgate- -m beg
+    http-request set-header x-forwarded-proto http
+    http-request set-header x-forwarded-host %[req.hdr(host)]
+    http-request set-header x-authgate-auth anonymous
+    http-response set-header x-request-id %[unique-id]
     default_backend be_nginx
 EOF
     hap_frontend hs "$P_HAP_HS" HS256 bench-hs "$HS_SECRET"
@@ -400,6 +414,9 @@ declare -A HAP_PORT=([hs]=$P_HAP_HS [rs]=$P_HAP_RS [es]=$P_HAP_ES)
 AG_WARN=()
 check "nginx direct" 200 "$NGINX_BODY" "http://127.0.0.1:$P_NGINX/none/x"
 check "haproxy plain" 200 "$NGINX_BODY" "http://127.0.0.1:$P_HAP_PLAIN/none/x"
+check "haproxy with authgate's none headers" 200 "$NGINX_BODY" "http://127.0.0.1:$P_HAP_SAME/none/x"
+check "haproxy with authgate's none headers strips spoofed identity headers" 200 "cid=[] iss=[] auth=[anonymous]" \
+    -H "x-authgate-customer-id: spoofed" -H "X-Authgate-Issuer: evil" "http://127.0.0.1:$P_HAP_SAME/none/sanity"
 check "authgate none" 200 "$NGINX_BODY" "http://127.0.0.1:$P_AG/none/x"
 check "authgate none strips spoofed identity headers" 200 "cid=[] iss=[]" \
     -H "x-authgate-customer-id: spoofed" -H "X-Authgate-Issuer: evil" "http://127.0.0.1:$P_AG/none/sanity"
@@ -465,6 +482,7 @@ to_ms() { # wrk duration (e.g. 412.00us, 1.23ms, 2.01s) -> ms
 CASES=(
     "direct|direct nginx (no proxy)|none|/none/x|none"
     "hap_plain|HAProxy plain proxy|haproxy|/none/x|none"
+    "hap_same|HAProxy plain + authgate none's header work (no target)|haproxy|/none/x|same"
     "bare|hyper floor (examples/bare_proxy.rs: no auth, no header rules)|bare|/none/x|none"
     "ag_none|authgate auth=none|authgate|/none/x|none"
     "hap_hs|HAProxy HS256, repeated token|haproxy|/hs/x|hs"
@@ -478,7 +496,7 @@ CASES=(
     "hap_rs_fresh|HAProxy RS256, fresh token per request|haproxy|/rs/x|fresh-rs"
     "ag_rs_fresh|authgate RS256, fresh token per request|authgate|/rs/x|fresh-rs"
 )
-P99_CASES=(direct hap_plain ag_none hap_rs ag_rs)
+P99_CASES=(direct hap_plain hap_same ag_none hap_rs ag_rs)
 : > "$WORK/cases.tsv"; : > "$WORK/wrk.tsv"; : > "$WORK/p99.tsv"
 if [[ -z "$BARE_PID" ]]; then
     kept=()
@@ -500,6 +518,7 @@ case_url() { # id proxy path kind
         haproxy)
             case $alg in
                 plain) echo "http://127.0.0.1:$P_HAP_PLAIN$path" ;;
+                same) echo "http://127.0.0.1:$P_HAP_SAME$path" ;;
                 *) echo "http://127.0.0.1:${HAP_PORT[$alg]}$path" ;;
             esac ;;
     esac
@@ -518,7 +537,7 @@ run_wrk() { # case-spec round
     url=$(case_url "$id" "$proxy" "$path" "$kind")
     pid=$(proxy_pid "$proxy")
     case $kind in
-        none) ;;
+        none|same) ;;
         fresh-*) args=(-s "$BENCH_DIR/fresh.lua") ;;
         *) args=(-H "Authorization: Bearer ${TOK[$kind]}") ;;
     esac
@@ -560,7 +579,7 @@ run_rate() { # case-spec round: fixed-rate latency with h2load
     IFS='|' read -r id label proxy path kind <<<"$1"
     local round=$2
     url=$(case_url "$id" "$proxy" "$path" "$kind")
-    [[ $kind == none ]] || hdr=(-H "authorization: Bearer ${TOK[$kind]}")
+    [[ $kind == none || $kind == same ]] || hdr=(-H "authorization: Bearer ${TOK[$kind]}")
     log="$WORK/raw/$id.r$round.h2load.log"
     rm -f "$log"
     taskset -c "$LOAD_CPU" h2load --h1 -t1 -c "$P99_CONNS" --rps $((RATE / P99_CONNS)) -D "$DURATION" \
