@@ -1,6 +1,6 @@
 //! ES256 verification alone: authgate's table-based P-256 verify
 //! (`src/keys/p256.rs`) against aws-lc's, same keys and signatures,
-//! interleaved rounds. See README, *Performance*.
+//! interleaved rounds. See bench/PERFORMANCE.md, *ES256 verification*.
 //!
 //!     cargo run --release --example p256_speed
 //!     N=20000 ROUNDS=5 taskset -c 0 target/release/examples/p256_speed

@@ -52,7 +52,7 @@ fn serve(config: std::path::PathBuf) -> i32 {
             return 1;
         }
     }
-    // The runtime shape (README, Performance): by default one current-thread
+    // The runtime shape (bench/PERFORMANCE.md, *What was chosen*): by default one current-thread
     // runtime per worker, each with its own SO_REUSEPORT listener
     // (server::set_per_core); AUTHGATE_RUNTIME=multi-thread for tokio's
     // work-stealing runtime instead.

@@ -8,7 +8,7 @@
 //! 1..=128 and each 8-bit window `i` (and of `G` with 10-bit windows, once
 //! per process). A verification is then at most 26 + 33 additions of table
 //! entries and no doubling at all: about half of aws-lc's cost on this
-//! machine (README, *Performance*).
+//! machine (bench/PERFORMANCE.md, *ES256 verification*).
 //!
 //! What it is built from:
 //! - field and scalar arithmetic: `fiat-crypto`'s `p256_64` and

@@ -9,7 +9,7 @@
 //! `SendRequest` handles for one origin. A connection goes back on the stack
 //! when its response body ends (see [`PooledBody`]) — no per-request task,
 //! no pool keys, no URI rewriting; this measurably beat hyper-util's generic
-//! pooled client on the per-request CPU budget (README "Performance"). A
+//! pooled client on the per-request CPU budget (bench/PERFORMANCE.md). A
 //! request whose pooled connection turns out to be closed before anything
 //! was written is retried once on a fresh connection.
 

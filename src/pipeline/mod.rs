@@ -721,7 +721,7 @@ fn run<'a>(
 }
 
 // Paths few requests take, kept out of line: the code a proxied request
-// runs through stays denser (see README, *Where the time goes*: a request's
+// runs through stays denser (see bench/PERFORMANCE.md, *Where the time goes*: a request's
 // cost is as much the distinct code it runs as its instructions).
 
 #[cold]

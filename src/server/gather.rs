@@ -6,7 +6,7 @@
 //! array is copied in and checked, and the call goes through the VFS
 //! (`vfs_writev`, `fdget_pos`, `rw_verify_area`, `sock_write_iter`), where
 //! `send` goes straight to the socket. Measured under `wrk` with `perf`
-//! (README "Performance"), that was ≈ 0.6 µs of kernel time per proxied
+//! (bench/PERFORMANCE.md), that was ≈ 0.6 µs of kernel time per proxied
 //! request. So a write of one buffer is a plain write (`send` for a tokio
 //! `TcpStream`), and a write of a few buffers that together fit in
 //! [`GATHER_MAX`] bytes is copied into one stack buffer and written once.
