@@ -1062,6 +1062,111 @@ async fn h2_header_values_that_http1_cannot_carry_never_reach_the_upstream() {
     assert_eq!(gw.upstream.count(), 0);
 }
 
+/// The HEADERS block (HPACK) of the response on `stream`.
+async fn h2_response_block(s: &mut TcpStream, stream: u32) -> Vec<u8> {
+    within("an HTTP/2 response", async {
+        loop {
+            let f = h2_read(s).await.expect("the connection closed");
+            assert!(f.kind != FRAME_GOAWAY && f.kind != FRAME_RST_STREAM);
+            if f.kind == FRAME_HEADERS && f.stream == stream {
+                return f.payload;
+            }
+        }
+    })
+    .await
+}
+
+/// How each field of an HPACK block is represented (RFC 7541 §6): the
+/// first byte's pattern, walking the block without decoding its strings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Hpack {
+    Indexed,
+    IncrementalIndexing,
+    WithoutIndexing,
+    NeverIndexed,
+    SizeUpdate,
+}
+
+fn hpack_fields(mut block: &[u8]) -> Vec<Hpack> {
+    // An integer with an N-bit prefix (RFC 7541 §5.1).
+    fn int(block: &mut &[u8], prefix: u32) -> usize {
+        let mask = (1usize << prefix) - 1;
+        let mut v = usize::from(block[0]) & mask;
+        *block = &block[1..];
+        if v == mask {
+            let mut shift = 0;
+            loop {
+                let b = block[0];
+                *block = &block[1..];
+                v += usize::from(b & 0x7f) << shift;
+                shift += 7;
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+        }
+        v
+    }
+    fn skip_string(block: &mut &[u8]) {
+        let len = int(block, 7);
+        *block = &block[len..];
+    }
+    let mut out = Vec::new();
+    while !block.is_empty() {
+        let first = block[0];
+        let (kind, prefix) = match first {
+            b if b & 0x80 != 0 => (Hpack::Indexed, 7),
+            b if b & 0xc0 == 0x40 => (Hpack::IncrementalIndexing, 6),
+            b if b & 0xe0 == 0x20 => (Hpack::SizeUpdate, 5),
+            b if b & 0xf0 == 0x10 => (Hpack::NeverIndexed, 4),
+            _ => (Hpack::WithoutIndexing, 4),
+        };
+        let index = int(&mut block, prefix);
+        if !matches!(kind, Hpack::Indexed | Hpack::SizeUpdate) {
+            if index == 0 {
+                skip_string(&mut block);
+            }
+            skip_string(&mut block);
+        }
+        out.push(kind);
+    }
+    out
+}
+
+/// Each response's `x-request-id` is new, so HTTP/2 must not HPACK-index
+/// it: indexed, the ids filled the connection's dynamic table, evicting the
+/// headers that do repeat, and every response was compared with all of
+/// them. It goes as the one never-indexed literal of each response (the
+/// id is the only header authgate marks so), while what repeats is still
+/// indexed.
+#[tokio::test]
+async fn h2_responses_send_the_request_id_as_a_never_indexed_literal() {
+    let (gw, _) = public_gateway("").await;
+    let mut s = h2_open(gw.addr).await;
+    let mut later_indexed = 0;
+    for i in 0..40u32 {
+        let id = 2 * i + 1;
+        within(
+            "write",
+            s.write_all(&h2_request(id, "/api/public/hpack", &[])),
+        )
+        .await
+        .expect("write");
+        let fields = hpack_fields(&h2_response_block(&mut s, id).await);
+        assert_eq!(
+            fields.iter().filter(|f| **f == Hpack::NeverIndexed).count(),
+            1,
+            "response {i}: {fields:?}"
+        );
+        if i > 0 {
+            later_indexed += fields.iter().filter(|f| **f == Hpack::Indexed).count();
+        }
+    }
+    // Repeating headers (`:status`, content-type…) come back as indexes.
+    assert!(later_indexed >= 39, "{later_indexed}");
+    assert_eq!(gw.upstream.count(), 40);
+}
+
 // ---------------------------------------------------------------------------
 // 5. CORS
 // ---------------------------------------------------------------------------
