@@ -464,10 +464,10 @@ async fn serve_connection(
     };
     let first_request = Notify::new();
     let seen = &first_request;
-    let service = service_fn(move |req| {
+    let service = move |req| {
         seen.notify_one();
         pipeline::handle(shared.clone(), conn.clone(), req)
-    });
+    };
     match tls {
         None => match crate::timer::timeout_at(deadline, sniff_h2(&stream)).await {
             Ok(Some(h2)) => {
@@ -494,29 +494,35 @@ async fn serve_connection(
 /// The connection is boxed, and built in one expression (a named local
 /// would keep its slot in this future's frame even once moved): the
 /// connection task then holds a pointer, not room for the largest protocol.
-async fn serve_io<I, S, B>(
+async fn serve_io<I, F, Fut, B>(
     http: &Http,
     io: I,
     h2: bool,
-    service: S,
+    handle: F,
     first_request: &Notify,
     deadline: std::time::Instant,
     drain: Drain,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
-    S::Future: Send + 'static,
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut,
+    Fut: std::future::Future<Output = Result<hyper::Response<B>, std::convert::Infallible>>
+        + Send
+        + 'static,
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     if h2 {
+        // Each HTTP/2 stream is a task of its own, and spawning one moves
+        // its future several times (into the task cell, into its stage):
+        // boxed, that future is a pointer instead of the request's state.
+        let service = service_fn(move |req| Box::pin(handle(req)));
         let c = Box::pin(http.h2.serve_connection(TokioIo::new(io), service));
         drive(c, first_request, deadline, drain).await;
     } else {
         let c = Box::pin(
             http.h1
-                .serve_connection(TokioIo::new(io), service)
+                .serve_connection(TokioIo::new(io), service_fn(handle))
                 .with_upgrades(),
         );
         drive(c, first_request, deadline, drain).await;
