@@ -125,6 +125,33 @@ fn response_request_id(id: &HeaderValue) -> HeaderValue {
     id
 }
 
+/// The `Host` an absolute-form target or HTTP/2 `:authority` gives the
+/// upstream: `host[:port]`, without userinfo, the port as a number.
+fn authority_host(uri: &Uri) -> Option<HeaderValue> {
+    let authority = uri.authority()?;
+    let (text, host) = (authority.as_str(), authority.host());
+    // Nearly always the authority is already exactly that (every HTTP/2
+    // request has one): one copy instead of formatting a string.
+    let canonical = !text.contains('@')
+        && match authority.port() {
+            None => text.len() == host.len(),
+            Some(port) => {
+                let digits = port.as_str();
+                digits.bytes().all(|b| b.is_ascii_digit())
+                    && (digits.len() == 1 || !digits.starts_with('0'))
+                    && text.len() == host.len() + 1 + digits.len()
+            }
+        };
+    if canonical {
+        return HeaderValue::from_str(text).ok();
+    }
+    let with_port = match authority.port_u16() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_owned(),
+    };
+    HeaderValue::try_from(with_port).ok()
+}
+
 /// Whether a client-supplied request id may be reused.
 pub fn valid_request_id(id: &[u8]) -> bool {
     (1..=128).contains(&id.len())
@@ -510,17 +537,7 @@ fn run<'a>(
             .flatten();
         // The request target's authority wins over Host (absolute-form, RFC 9112
         // §3.2.2; HTTP/2 :authority); it is never used for routing.
-        let host = parts
-            .uri
-            .host()
-            .and_then(|h| {
-                let hp = match parts.uri.port_u16() {
-                    Some(p) => format!("{h}:{p}"),
-                    None => h.to_owned(),
-                };
-                HeaderValue::try_from(hp).ok()
-            })
-            .or(head.host);
+        let host = authority_host(&parts.uri).or(head.host);
         let mut query: Option<Cow<'_, str>> = target.query().map(Cow::Borrowed);
         if head.hop_by_hop {
             inject::strip_hop_by_hop(&mut parts.headers);
@@ -1238,7 +1255,64 @@ mod head_scan {
         }
     }
 
+    /// The `Host` built from an authority, as it was defined before the
+    /// shortcut: host, then the port number if there is one.
+    fn authority_host_reference(uri: &Uri) -> Option<HeaderValue> {
+        uri.host().and_then(|h| {
+            let hp = match uri.port_u16() {
+                Some(p) => format!("{h}:{p}"),
+                None => h.to_owned(),
+            };
+            HeaderValue::try_from(hp).ok()
+        })
+    }
+
+    #[test]
+    fn authority_host_drops_userinfo_and_spells_the_port_as_a_number() {
+        for (target, want) in [
+            ("http://chat.example/x", Some("chat.example")),
+            ("http://chat.example:8080/x", Some("chat.example:8080")),
+            ("http://u:p@chat.example:8080/x", Some("chat.example:8080")),
+            ("http://chat.example:08080/x", Some("chat.example:8080")),
+            ("http://chat.example:/x", Some("chat.example")),
+            ("http://[::1]:443/x", Some("[::1]:443")),
+            ("/x", None),
+        ] {
+            let uri: Uri = target.parse().expect("uri");
+            assert_eq!(
+                authority_host(&uri)
+                    .as_ref()
+                    .map(|v| v.to_str().expect("ascii")),
+                want,
+                "{target}"
+            );
+        }
+    }
+
     proptest! {
+        /// Any authority the URI parser accepts gives the same `Host` with
+        /// the shortcut as without it.
+        #[test]
+        fn authority_host_is_the_reference(
+            userinfo in proptest::option::of("[a-z:]{0,4}"),
+            host in "[a-z0-9.-]{1,12}|\\[[0-9a-f:]{2,8}\\]",
+            port in proptest::option::of("[+0-9]{0,7}"),
+        ) {
+            let mut authority = String::new();
+            if let Some(u) = &userinfo {
+                authority.push_str(u);
+                authority.push('@');
+            }
+            authority.push_str(&host);
+            if let Some(p) = &port {
+                authority.push(':');
+                authority.push_str(p);
+            }
+            if let Ok(uri) = format!("http://{authority}/x").parse::<Uri>() {
+                prop_assert_eq!(authority_host(&uri), authority_host_reference(&uri), "{}", authority);
+            }
+        }
+
         /// The vector search decides as the byte-by-byte definition.
         #[test]
         fn unsafe_byte_search_is_the_definition(v in proptest::collection::vec(any::<u8>(), 0..300)) {
