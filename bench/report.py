@@ -213,6 +213,20 @@ def main():
             out.append(line)
         out.append("")
 
+    if get("ag_h2", "cpu") is not None and get("hap_h2", "cpu"):
+        out.append(
+            "HTTP/2 with prior knowledge (h2load -m 10: ten streams per connection), the "
+            "`none` route and HAProxy's plain frontend; no target:\n")
+        for text, key, unit in [("req/s", "rps", ""), ("CPU µs per request", "cpu", " µs")]:
+            a, b = get("ag_h2", key), get("hap_h2", key)
+            line = f"- authgate / HAProxy, {text}: {a:,.1f}{unit} / {b:,.1f}{unit} = **{a / b:.2f}×**"
+            ratios = paired("ag_h2", "hap_h2", key)
+            if len(ratios) > 1:
+                line += (f"; round by round {', '.join(f'{x:.2f}' for x in ratios)}, "
+                         f"median {med(ratios):.2f}×")
+            out.append(line)
+        out.append("")
+
     rss = meta.get("rss", {})
     if rss:
         out.append("Memory (authgate, fresh process, VmRSS):\n")

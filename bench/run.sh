@@ -495,6 +495,8 @@ CASES=(
     "ag_es_fresh|authgate ES256, fresh token per request|authgate|/es/x|fresh-es"
     "hap_rs_fresh|HAProxy RS256, fresh token per request|haproxy|/rs/x|fresh-rs"
     "ag_rs_fresh|authgate RS256, fresh token per request|authgate|/rs/x|fresh-rs"
+    "hap_h2|HAProxy plain proxy, HTTP/2 (h2load -m 10, no target)|haproxy|/none/x|h2"
+    "ag_h2|authgate auth=none, HTTP/2 (h2load -m 10, no target)|authgate|/none/x|h2"
 )
 P99_CASES=(direct hap_plain hap_same ag_none hap_rs ag_rs)
 : > "$WORK/cases.tsv"; : > "$WORK/wrk.tsv"; : > "$WORK/p99.tsv"
@@ -510,7 +512,7 @@ done
 
 case_url() { # id proxy path kind
     local proxy=$2 path=$3 kind=$4 alg
-    alg=${kind#fresh-}; [[ $alg == none ]] && alg=plain
+    alg=${kind#fresh-}; [[ $alg == none || $alg == h2 ]] && alg=plain
     case $proxy in
         none) echo "http://127.0.0.1:$P_NGINX$path" ;;
         authgate) echo "http://127.0.0.1:$P_AG$path" ;;
@@ -531,6 +533,7 @@ run_wrk() { # case-spec round
     local id label proxy path kind url pid out c0 c1 args=()
     IFS='|' read -r id label proxy path kind <<<"$1"
     local round=$2
+    if [[ $kind == h2 ]]; then run_h2 "$@"; return; fi
     if [[ $kind == fresh-* && $proxy == authgate ]]; then
         stop_authgate; start_authgate     # empty verification cache
     fi
@@ -572,6 +575,48 @@ run_wrk() { # case-spec round
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$round" "$rps" "$(to_ms "$p50")" \
         "$(to_ms "$p99")" "$cpu" "$req" "${non2xx:-0}" "${sockerr:-0}" "$wrapped" "$sys" >> "$WORK/wrk.tsv"
     say "  $(printf '%-42s' "$label") $(printf '%9.0f' "$rps") req/s  p50 $p50  p99 $p99  cpu ${cpu} µs/req${non2xx:+  NON-2XX $non2xx}"
+}
+
+run_h2() { # case-spec round: HTTP/2 prior knowledge at saturation, h2load -m 10
+    local id label proxy path kind url pid out log c0 c1
+    IFS='|' read -r id label proxy path kind <<<"$1"
+    local round=$2
+    url=$(case_url "$id" "$proxy" "$path" "$kind")
+    pid=$(proxy_pid "$proxy")
+    out="$WORK/raw/$id.r$round.h2load"
+    log="$out.log"
+    rm -f "$log"
+    c0=$(cpu_ticks "$pid")
+    taskset -c "$LOAD_CPU" h2load -t1 -c "$CONNS" -m 10 -D "$DURATION" --log-file "$log" \
+        "$url" > "$out" 2>&1 || true
+    c1=$(cpu_ticks "$pid")
+    kill -0 "$pid" 2>/dev/null || die "$proxy died during '$label'" "$(tail -n 20 "$WORK/$proxy.log")"
+    grep -q 'Application protocol: h2c' "$out" || die "h2load did not speak h2c for '$label'" "$(cat "$out")"
+    local line
+    line=$($PY - "$log" "$DURATION" <<'EOF'
+import sys
+lat, non2xx = [], 0
+for line in open(sys.argv[1]):
+    parts = line.split("\t")
+    if len(parts) < 3:
+        continue
+    if not parts[1].startswith("2"):
+        non2xx += 1
+    lat.append(int(parts[2]))
+lat.sort()
+pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1000.0
+print(f"{len(lat) / float(sys.argv[2]):.1f}\t{pct(0.50):.4f}\t{pct(0.99):.4f}\t{len(lat)}\t{non2xx}")
+EOF
+)
+    local rps p50 p99 req non2xx cpu sys u0 s0 u1 s1
+    IFS=$'\t' read -r rps p50 p99 req non2xx <<<"$line"
+    ((req > 0)) || die "h2load completed no request for '$label'" "$(cat "$out")"
+    read -r u0 s0 <<<"$c0"; read -r u1 s1 <<<"$c1"
+    cpu=$(awk -v t=$((u1 + s1 - u0 - s0)) -v hz="$CLK_TCK" -v n="$req" 'BEGIN {printf "%.2f", t * 1e6 / hz / n}')
+    sys=$(awk -v t=$((s1 - s0)) -v hz="$CLK_TCK" -v n="$req" 'BEGIN {printf "%.2f", t * 1e6 / hz / n}')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$round" "$rps" "$p50" "$p99" \
+        "$cpu" "$req" "$non2xx" 0 0 "$sys" >> "$WORK/wrk.tsv"
+    say "  $(printf '%-42s' "$label") $(printf '%9.0f' "$rps") req/s  p50 ${p50} ms  p99 ${p99} ms  cpu ${cpu} µs/req$( ((non2xx > 0)) && echo "  NON-2XX $non2xx")"
 }
 
 run_rate() { # case-spec round: fixed-rate latency with h2load
