@@ -577,6 +577,23 @@ run_wrk() { # case-spec round
     say "  $(printf '%-42s' "$label") $(printf '%9.0f' "$rps") req/s  p50 $p50  p99 $p99  cpu ${cpu} µs/req${non2xx:+  NON-2XX $non2xx}"
 }
 
+h2load_log_stats() { # h2load --log-file, duration -> p50_ms p99_ms req/s non-2xx count (tab-separated)
+    $PY - "$1" "$2" <<'EOF'
+import sys
+lat, non2xx = [], 0
+for line in open(sys.argv[1]):
+    parts = line.split("\t")
+    if len(parts) < 3:
+        continue
+    if not parts[1].startswith("2"):
+        non2xx += 1
+    lat.append(int(parts[2]))
+lat.sort()
+pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1000.0 if lat else 0.0
+print(f"{pct(0.50):.4f}\t{pct(0.99):.4f}\t{len(lat) / float(sys.argv[2]):.1f}\t{non2xx}\t{len(lat)}")
+EOF
+}
+
 run_h2() { # case-spec round: HTTP/2 prior knowledge at saturation, h2load -m 10
     local id label proxy path kind url pid out log c0 c1
     IFS='|' read -r id label proxy path kind <<<"$1"
@@ -593,23 +610,9 @@ run_h2() { # case-spec round: HTTP/2 prior knowledge at saturation, h2load -m 10
     kill -0 "$pid" 2>/dev/null || die "$proxy died during '$label'" "$(tail -n 20 "$WORK/$proxy.log")"
     grep -q 'Application protocol: h2c' "$out" || die "h2load did not speak h2c for '$label'" "$(cat "$out")"
     local line
-    line=$($PY - "$log" "$DURATION" <<'EOF'
-import sys
-lat, non2xx = [], 0
-for line in open(sys.argv[1]):
-    parts = line.split("\t")
-    if len(parts) < 3:
-        continue
-    if not parts[1].startswith("2"):
-        non2xx += 1
-    lat.append(int(parts[2]))
-lat.sort()
-pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1000.0
-print(f"{len(lat) / float(sys.argv[2]):.1f}\t{pct(0.50):.4f}\t{pct(0.99):.4f}\t{len(lat)}\t{non2xx}")
-EOF
-)
+    line=$(h2load_log_stats "$log" "$DURATION")
     local rps p50 p99 req non2xx cpu sys u0 s0 u1 s1
-    IFS=$'\t' read -r rps p50 p99 req non2xx <<<"$line"
+    IFS=$'\t' read -r p50 p99 rps non2xx req <<<"$line"
     ((req > 0)) || die "h2load completed no request for '$label'" "$(cat "$out")"
     read -r u0 s0 <<<"$c0"; read -r u1 s1 <<<"$c1"
     cpu=$(awk -v t=$((u1 + s1 - u0 - s0)) -v hz="$CLK_TCK" -v n="$req" 'BEGIN {printf "%.2f", t * 1e6 / hz / n}')
@@ -631,21 +634,7 @@ run_rate() { # case-spec round: fixed-rate latency with h2load
         --log-file "$log" "${hdr[@]}" "$url" > "$WORK/raw/$id.r$round.h2load" 2>&1 || true
     [[ -s "$log" ]] || die "h2load produced no log for '$label'" "$(cat "$WORK/raw/$id.r$round.h2load")"
     local line
-    line=$($PY - "$log" "$DURATION" <<'EOF'
-import sys
-lat, non200 = [], 0
-for line in open(sys.argv[1]):
-    parts = line.split("\t")
-    if len(parts) < 3:
-        continue
-    if parts[1] != "200":
-        non200 += 1
-    lat.append(int(parts[2]))
-lat.sort()
-pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1000.0
-print(f"{pct(0.50):.4f}\t{pct(0.99):.4f}\t{len(lat) / float(sys.argv[2]):.1f}\t{non200}")
-EOF
-)
+    line=$(h2load_log_stats "$log" "$DURATION" | cut -f1-4)
     printf '%s\t%s\t%s\n' "$id" "$round" "$line" >> "$WORK/p99.tsv"
     say "  $(printf '%-42s' "$label @ ${RATE}/s") p50 $(cut -f1 <<<"$line") ms  p99 $(cut -f2 <<<"$line") ms  ($(cut -f3 <<<"$line") req/s)"
 }
