@@ -52,10 +52,11 @@ fn serve(config: std::path::PathBuf) -> i32 {
             return 1;
         }
     }
-    // The runtime shape (bench/PERFORMANCE.md, *What was chosen*): by default one current-thread
-    // runtime per worker, each with its own SO_REUSEPORT listener
-    // (server::set_per_core); AUTHGATE_RUNTIME=multi-thread for tokio's
-    // work-stealing runtime instead.
+    // The runtime shape (bench/PERFORMANCE.md, *What was chosen*): by
+    // default one current-thread runtime per worker, each with its own
+    // SO_REUSEPORT listener (server::set_per_core);
+    // AUTHGATE_RUNTIME=multi-thread for tokio's work-stealing runtime
+    // instead.
     match std::env::var("AUTHGATE_RUNTIME").as_deref() {
         Ok("multi-thread") => with_runtime(authgate::server::run(config)),
         Err(_) | Ok("" | "per-core") => {

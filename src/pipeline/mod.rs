@@ -750,8 +750,9 @@ fn run<'a>(
 }
 
 // Paths few requests take, kept out of line: the code a proxied request
-// runs through stays denser (see bench/PERFORMANCE.md, *Where the time goes*: a request's
-// cost is as much the distinct code it runs as its instructions).
+// runs through stays denser (see bench/PERFORMANCE.md, *Where the time
+// goes*: a request's cost is as much the distinct code it runs as its
+// instructions).
 
 #[cold]
 #[inline(never)]
