@@ -191,40 +191,38 @@ def main():
                 f"{user['ag_none']:.1f}")
         out.append("")
 
+    def plain_ratio(text, num_cid, den_cid, key, unit, fmt=".2f"):
+        """A ratio with no target: the medians, then round by round."""
+        a, b = get(num_cid, key), get(den_cid, key)
+        if a is None or not b:
+            return
+        line = f"- {text}: {a:{fmt}}{unit} / {b:{fmt}}{unit} = **{a / b:.2f}×**"
+        ratios = paired(num_cid, den_cid, key)
+        if len(ratios) > 1:
+            line += (f"; round by round {', '.join(f'{x:.2f}' for x in ratios)}, "
+                     f"median {med(ratios):.2f}×")
+        out.append(line)
+
     if get("hap_same", "cpu") is not None:
         out.append(
             "HAProxy doing the header work of authgate's `none` route (X-Request-Id to the "
             "upstream and back, X-Forwarded-Proto/-Host, the identity-prefix strip, "
             "x-authgate-auth; same run, same core; no target — the targets are against "
             "HAProxy plain):\n")
-        for text, num_cid, den_cid, key, unit in [
-            ("HAProxy with the headers / HAProxy plain, CPU µs per request", "hap_same", "hap_plain", "cpu", " µs"),
-            ("authgate none / HAProxy with the headers, CPU µs per request", "ag_none", "hap_same", "cpu", " µs"),
-            (f"{rate_hdr}: authgate none / HAProxy with the headers", "ag_none", "hap_same", "p99_4k", " ms"),
-        ]:
-            a, b = get(num_cid, key), get(den_cid, key)
-            if a is None or not b:
-                continue
-            line = f"- {text}: {a:.2f}{unit} / {b:.2f}{unit} = **{a / b:.2f}×**"
-            ratios = paired(num_cid, den_cid, key)
-            if len(ratios) > 1:
-                line += (f"; round by round {', '.join(f'{x:.2f}' for x in ratios)}, "
-                         f"median {med(ratios):.2f}×")
-            out.append(line)
+        plain_ratio("HAProxy with the headers / HAProxy plain, CPU µs per request",
+                    "hap_same", "hap_plain", "cpu", " µs")
+        plain_ratio("authgate none / HAProxy with the headers, CPU µs per request",
+                    "ag_none", "hap_same", "cpu", " µs")
+        plain_ratio(f"{rate_hdr}: authgate none / HAProxy with the headers",
+                    "ag_none", "hap_same", "p99_4k", " ms")
         out.append("")
 
     if get("ag_h2", "cpu") is not None and get("hap_h2", "cpu"):
         out.append(
             "HTTP/2 with prior knowledge (h2load -m 10: ten streams per connection), the "
             "`none` route and HAProxy's plain frontend; no target:\n")
-        for text, key, unit in [("req/s", "rps", ""), ("CPU µs per request", "cpu", " µs")]:
-            a, b = get("ag_h2", key), get("hap_h2", key)
-            line = f"- authgate / HAProxy, {text}: {a:,.1f}{unit} / {b:,.1f}{unit} = **{a / b:.2f}×**"
-            ratios = paired("ag_h2", "hap_h2", key)
-            if len(ratios) > 1:
-                line += (f"; round by round {', '.join(f'{x:.2f}' for x in ratios)}, "
-                         f"median {med(ratios):.2f}×")
-            out.append(line)
+        plain_ratio("authgate / HAProxy, req/s", "ag_h2", "hap_h2", "rps", "", ",.1f")
+        plain_ratio("authgate / HAProxy, CPU µs per request", "ag_h2", "hap_h2", "cpu", " µs", ",.1f")
         out.append("")
 
     rss = meta.get("rss", {})

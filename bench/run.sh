@@ -529,6 +529,13 @@ proxy_pid() {
     case $1 in haproxy) echo "$HAP_PID" ;; authgate) echo "$AG_PID" ;; bare) echo "$BARE_PID" ;; *) echo "" ;; esac
 }
 
+us_per_request() { # "utime stime" before, after, requests -> "cpu_us kernel_us" per request
+    local u0 s0 u1 s1
+    read -r u0 s0 <<<"$1"; read -r u1 s1 <<<"$2"
+    awk -v t=$((u1 + s1 - u0 - s0)) -v k=$((s1 - s0)) -v hz="$CLK_TCK" -v n="$3" \
+        'BEGIN {printf "%.2f %.2f", t * 1e6 / hz / n, k * 1e6 / hz / n}'
+}
+
 run_wrk() { # case-spec round
     local id label proxy path kind url pid out c0 c1 args=()
     IFS='|' read -r id label proxy path kind <<<"$1"
@@ -567,10 +574,7 @@ run_wrk() { # case-spec round
     [[ -n "$rps" && -n "$req" && -n "$p99" ]] || die "could not parse wrk output for '$label'" "$(cat "$out")"
     if [[ $kind == fresh-* ]] && (( req + CONNS > FRESH_TOKENS )); then wrapped=1; fi
     if [[ -n $pid ]] && ((req > 0)); then
-        local u0 s0 u1 s1
-        read -r u0 s0 <<<"$c0"; read -r u1 s1 <<<"$c1"
-        cpu=$(awk -v t=$((u1 + s1 - u0 - s0)) -v hz="$CLK_TCK" -v n="$req" 'BEGIN {printf "%.2f", t * 1e6 / hz / n}')
-        sys=$(awk -v t=$((s1 - s0)) -v hz="$CLK_TCK" -v n="$req" 'BEGIN {printf "%.2f", t * 1e6 / hz / n}')
+        read -r cpu sys <<<"$(us_per_request "$c0" "$c1" "$req")"
     fi
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$round" "$rps" "$(to_ms "$p50")" \
         "$(to_ms "$p99")" "$cpu" "$req" "${non2xx:-0}" "${sockerr:-0}" "$wrapped" "$sys" >> "$WORK/wrk.tsv"
@@ -611,12 +615,10 @@ run_h2() { # case-spec round: HTTP/2 prior knowledge at saturation, h2load -m 10
     grep -q 'Application protocol: h2c' "$out" || die "h2load did not speak h2c for '$label'" "$(cat "$out")"
     local line
     line=$(h2load_log_stats "$log" "$DURATION")
-    local rps p50 p99 req non2xx cpu sys u0 s0 u1 s1
+    local rps p50 p99 req non2xx cpu sys
     IFS=$'\t' read -r p50 p99 rps non2xx req <<<"$line"
     ((req > 0)) || die "h2load completed no request for '$label'" "$(cat "$out")"
-    read -r u0 s0 <<<"$c0"; read -r u1 s1 <<<"$c1"
-    cpu=$(awk -v t=$((u1 + s1 - u0 - s0)) -v hz="$CLK_TCK" -v n="$req" 'BEGIN {printf "%.2f", t * 1e6 / hz / n}')
-    sys=$(awk -v t=$((s1 - s0)) -v hz="$CLK_TCK" -v n="$req" 'BEGIN {printf "%.2f", t * 1e6 / hz / n}')
+    read -r cpu sys <<<"$(us_per_request "$c0" "$c1" "$req")"
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$round" "$rps" "$p50" "$p99" \
         "$cpu" "$req" "$non2xx" 0 0 "$sys" >> "$WORK/wrk.tsv"
     say "  $(printf '%-42s' "$label") $(printf '%9.0f' "$rps") req/s  p50 ${p50} ms  p99 ${p99} ms  cpu ${cpu} µs/req$( ((non2xx > 0)) && echo "  NON-2XX $non2xx")"

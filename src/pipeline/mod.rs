@@ -130,19 +130,17 @@ fn response_request_id(id: &HeaderValue) -> HeaderValue {
 fn authority_host(uri: &Uri) -> Option<HeaderValue> {
     let authority = uri.authority()?;
     let (text, host) = (authority.as_str(), authority.host());
-    // Nearly always the authority is already exactly that (every HTTP/2
-    // request has one): one copy instead of formatting a string.
-    let canonical = !text.contains('@')
-        && match authority.port() {
-            None => text.len() == host.len(),
-            Some(port) => {
-                let digits = port.as_str();
-                digits.bytes().all(|b| b.is_ascii_digit())
-                    && (digits.len() == 1 || !digits.starts_with('0'))
-                    && text.len() == host.len() + 1 + digits.len()
-            }
-        };
-    if canonical {
+    // Nearly always (every HTTP/2 request has an authority) the authority
+    // already is exactly that: no userinfo before the host, and no port or
+    // one spelled as its number would be. Then it is copied as it is.
+    let as_is = match text.strip_prefix(host) {
+        Some("") => true,
+        Some(rest) => rest.strip_prefix(':').is_some_and(|digits| {
+            digits.parse::<u16>().is_ok() && (digits == "0" || !digits.starts_with(['0', '+']))
+        }),
+        None => false,
+    };
+    if as_is {
         return HeaderValue::from_str(text).ok();
     }
     let with_port = match authority.port_u16() {
